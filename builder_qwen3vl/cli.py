@@ -1,0 +1,67 @@
+"""Command line: parses arguments and calls ``build``; nothing else lives here."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .build import build
+from .errors import BuildError
+from .options import EXECUTION_PROVIDERS, PRECISIONS, BuildOptions, known_extra_options, parse_extra_options
+
+log = logging.getLogger("builder_qwen3vl")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="builder-qwen3vl",
+        description="Build an onnxruntime-genai bundle (vision, embeddings, DeepStack decoder, configs) "
+        "from a Hugging Face Qwen3-VL checkpoint folder.",
+    )
+    p.add_argument("-i", "--input", required=True, help="HF checkpoint folder (config.json, safetensors, tokenizer)")
+    p.add_argument("-o", "--output", required=True, help="bundle folder to write")
+    p.add_argument("-p", "--precision", default="int4", choices=PRECISIONS, help="decoder precision (default int4)")
+    p.add_argument("-e", "--execution_provider", default="cpu", choices=EXECUTION_PROVIDERS, help="target EP (default cpu)")
+    p.add_argument("-c", "--cache_dir", default=None, help="scratch folder for the og builder")
+    p.add_argument(
+        "--extra_options", nargs="+", metavar="KEY=VALUE", default=[],
+        help="og builder options (same spelling) plus ours; known keys: " + ", ".join(known_extra_options()),
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    p.add_argument("-v", "--verbose", action="store_true", help="show og builder and onnxruntime output")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s" if args.verbose else "%(message)s",
+    )
+    if not args.verbose:
+        for noisy in ("onnxscript", "torch", "onnx_ir", "transformers"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        options = BuildOptions(
+            input=args.input,
+            output=args.output,
+            precision=args.precision,
+            execution_provider=args.execution_provider,
+            cache_dir=args.cache_dir,
+            extra_options=parse_extra_options(args.extra_options),
+            overwrite=args.overwrite,
+            verbose=args.verbose,
+        )
+        build(options)
+    except BuildError as e:
+        log.error("error: %s", e)
+        return e.exit_code
+    except KeyboardInterrupt:
+        log.error("interrupted: no bundle written")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,303 @@
+"""Typed views of a Qwen3-VL checkpoint's JSON files.
+
+Each dataclass has a ``from_dict`` that accepts both config layouts in the wild:
+transformers 4.57 (the released checkpoints: ``rope_scaling`` + ``rope_theta``, vision
+``model_type: qwen3_vl``) and transformers 5.x (``rope_parameters``, vision
+``model_type: qwen3_vl_vision``). Shape invariants are checked here so a bad checkpoint
+fails before any export starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import InputError
+
+QWEN3_VL_ARCHITECTURE = "Qwen3VLForConditionalGeneration"
+QWEN3_VL_MODEL_TYPE = "qwen3_vl"
+
+
+def _require(d: dict[str, Any], key: str, where: str) -> Any:
+    if key not in d:
+        raise InputError(f"{where}: missing required field '{key}'")
+    return d[key]
+
+
+@dataclass(frozen=True)
+class RopeConfig:
+    theta: float
+    mrope_section: tuple[int, int, int]
+    mrope_interleaved: bool
+    rope_type: str = "default"
+
+    @classmethod
+    def from_text_dict(cls, d: dict[str, Any], where: str) -> RopeConfig:
+        # 5.x keeps everything in rope_parameters; 4.57 splits rope_theta and rope_scaling.
+        params = d.get("rope_parameters") or {}
+        scaling = d.get("rope_scaling") or {}
+        merged = {**scaling, **params}
+        theta = merged.get("rope_theta", d.get("rope_theta"))
+        if theta is None:
+            raise InputError(f"{where}: no rope_theta in text_config (looked in rope_parameters and rope_theta)")
+        section = merged.get("mrope_section")
+        if section is None or len(section) != 3:
+            raise InputError(f"{where}: text_config needs a 3-element mrope_section, found {section!r}")
+        return cls(
+            theta=float(theta),
+            mrope_section=tuple(int(s) for s in section),  # type: ignore[arg-type]
+            mrope_interleaved=bool(merged.get("mrope_interleaved", True)),
+            rope_type=str(merged.get("rope_type", merged.get("type", "default"))),
+        )
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    max_position_embeddings: int
+    rope: RopeConfig
+    hidden_act: str = "silu"
+    attention_bias: bool = False
+    tie_word_embeddings: bool = True
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "config.json", tie_default: bool = True) -> TextConfig:
+        heads = int(_require(d, "num_attention_heads", where))
+        hidden = int(_require(d, "hidden_size", where))
+        cfg = cls(
+            vocab_size=int(_require(d, "vocab_size", where)),
+            hidden_size=hidden,
+            intermediate_size=int(_require(d, "intermediate_size", where)),
+            num_hidden_layers=int(_require(d, "num_hidden_layers", where)),
+            num_attention_heads=heads,
+            num_key_value_heads=int(d.get("num_key_value_heads") or heads),
+            head_dim=int(d.get("head_dim") or hidden // max(heads, 1)),
+            rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
+            max_position_embeddings=int(_require(d, "max_position_embeddings", where)),
+            rope=RopeConfig.from_text_dict(d, where),
+            hidden_act=str(d.get("hidden_act", "silu")),
+            attention_bias=bool(d.get("attention_bias", False)),
+            tie_word_embeddings=bool(d.get("tie_word_embeddings", tie_default)),
+        )
+        cfg.validate(where)
+        return cfg
+
+    def validate(self, where: str) -> None:
+        if self.num_attention_heads <= 0 or self.num_key_value_heads <= 0:
+            raise InputError(f"{where}: text_config head counts must be positive")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise InputError(
+                f"{where}: text_config num_attention_heads={self.num_attention_heads} is not a multiple of "
+                f"num_key_value_heads={self.num_key_value_heads}"
+            )
+        if self.hidden_size % self.num_attention_heads:
+            raise InputError(
+                f"{where}: text_config hidden_size={self.hidden_size} is not divisible by "
+                f"num_attention_heads={self.num_attention_heads}"
+            )
+        if self.head_dim % 2:
+            raise InputError(f"{where}: text_config head_dim={self.head_dim} must be even for rotary embeddings")
+        if sum(self.rope.mrope_section) != self.head_dim // 2:
+            raise InputError(
+                f"{where}: text_config mrope_section {list(self.rope.mrope_section)} sums to "
+                f"{sum(self.rope.mrope_section)}, expected head_dim/2 = {self.head_dim // 2}"
+            )
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    depth: int
+    hidden_size: int
+    intermediate_size: int
+    num_heads: int
+    in_channels: int
+    patch_size: int
+    temporal_patch_size: int
+    spatial_merge_size: int
+    out_hidden_size: int
+    num_position_embeddings: int
+    deepstack_visual_indexes: tuple[int, ...]
+    hidden_act: str = "gelu_pytorch_tanh"
+
+    @property
+    def patch_dim(self) -> int:
+        """Width of one row of pixel_values: C * T * P * P (1536 for the released models)."""
+        return self.in_channels * self.temporal_patch_size * self.patch_size * self.patch_size
+
+    @property
+    def num_deepstack(self) -> int:
+        return len(self.deepstack_visual_indexes)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "config.json") -> VisionConfig:
+        model_type = d.get("model_type", "qwen3_vl_vision")
+        if model_type not in ("qwen3_vl", "qwen3_vl_vision"):
+            raise InputError(f"{where}: vision_config model_type is '{model_type}', expected 'qwen3_vl' or 'qwen3_vl_vision'")
+        cfg = cls(
+            depth=int(_require(d, "depth", where)),
+            hidden_size=int(_require(d, "hidden_size", where)),
+            intermediate_size=int(_require(d, "intermediate_size", where)),
+            num_heads=int(_require(d, "num_heads", where)),
+            in_channels=int(d.get("in_channels", 3)),
+            patch_size=int(d.get("patch_size", 16)),
+            temporal_patch_size=int(d.get("temporal_patch_size", 2)),
+            spatial_merge_size=int(d.get("spatial_merge_size", 2)),
+            out_hidden_size=int(_require(d, "out_hidden_size", where)),
+            num_position_embeddings=int(d.get("num_position_embeddings", 2304)),
+            deepstack_visual_indexes=tuple(int(i) for i in d.get("deepstack_visual_indexes", (8, 16, 24))),
+            hidden_act=str(d.get("hidden_act", "gelu_pytorch_tanh")),
+        )
+        cfg.validate(where)
+        return cfg
+
+    def validate(self, where: str) -> None:
+        if self.num_heads <= 0 or self.hidden_size % self.num_heads:
+            raise InputError(
+                f"{where}: vision_config hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}"
+            )
+        side = round(self.num_position_embeddings**0.5)
+        if side * side != self.num_position_embeddings:
+            raise InputError(
+                f"{where}: vision_config num_position_embeddings={self.num_position_embeddings} is not a square"
+            )
+        bad = [i for i in self.deepstack_visual_indexes if not 0 <= i < self.depth]
+        if bad:
+            raise InputError(f"{where}: vision_config deepstack_visual_indexes {bad} outside 0..{self.depth - 1}")
+
+
+@dataclass(frozen=True)
+class TokenIds:
+    image_token_id: int = 151655
+    video_token_id: int = 151656
+    vision_start_token_id: int = 151652
+    vision_end_token_id: int = 151653
+    bos_token_id: int | None = 151643
+    pad_token_id: int = 151643
+    eos_token_ids: tuple[int, ...] = (151645, 151643)
+
+    @classmethod
+    def from_dicts(cls, config: dict[str, Any], generation: dict[str, Any] | None) -> TokenIds:
+        text = config.get("text_config") or {}
+        gen = generation or {}
+        eos = gen.get("eos_token_id", text.get("eos_token_id", config.get("eos_token_id", 151645)))
+        eos_list = tuple(int(e) for e in (eos if isinstance(eos, list) else [eos]))
+        bos = gen.get("bos_token_id", text.get("bos_token_id", 151643))
+        # pad must not be 0: og gives every prompt token equal to pad position 0 and mask 0.
+        pad = gen.get("pad_token_id", text.get("pad_token_id")) or 151643
+        return cls(
+            image_token_id=int(config.get("image_token_id", 151655)),
+            video_token_id=int(config.get("video_token_id", 151656)),
+            vision_start_token_id=int(config.get("vision_start_token_id", 151652)),
+            vision_end_token_id=int(config.get("vision_end_token_id", 151653)),
+            bos_token_id=None if bos is None else int(bos),
+            pad_token_id=int(pad),
+            eos_token_ids=eos_list,
+        )
+
+
+@dataclass(frozen=True)
+class ProcessorConfig:
+    """The image preprocessor settings og's qwen3_vl processor needs (preprocessor_config.json)."""
+
+    min_pixels: int = 65536
+    max_pixels: int = 16777216
+    patch_size: int = 16
+    temporal_patch_size: int = 2
+    merge_size: int = 2
+    image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ProcessorConfig:
+        size = d.get("size") or {}
+        # Qwen3-VL writes size.shortest_edge/longest_edge (pixel counts); Qwen2-VL-style files use min/max_pixels.
+        return cls(
+            min_pixels=int(size.get("shortest_edge", d.get("min_pixels", 65536))),
+            max_pixels=int(size.get("longest_edge", d.get("max_pixels", 16777216))),
+            patch_size=int(d.get("patch_size", 16)),
+            temporal_patch_size=int(d.get("temporal_patch_size", 2)),
+            merge_size=int(d.get("merge_size", 2)),
+            image_mean=tuple(float(x) for x in d.get("image_mean", (0.5, 0.5, 0.5))),  # type: ignore[arg-type]
+            image_std=tuple(float(x) for x in d.get("image_std", (0.5, 0.5, 0.5))),  # type: ignore[arg-type]
+        )
+
+
+@dataclass(frozen=True)
+class GenerationDefaults:
+    do_sample: bool = False
+    top_k: int = 50
+    top_p: float = 1.0
+    temperature: float = 1.0
+    repetition_penalty: float = 1.0
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> GenerationDefaults:
+        d = d or {}
+        return cls(
+            do_sample=bool(d.get("do_sample", False)),
+            top_k=int(d.get("top_k", 50)),
+            top_p=float(d.get("top_p", 1.0)),
+            temperature=float(d.get("temperature", 1.0)),
+            repetition_penalty=float(d.get("repetition_penalty", 1.0)),
+        )
+
+
+@dataclass(frozen=True)
+class Qwen3VLConfig:
+    """Everything the builder needs to know about a checkpoint, without its weights."""
+
+    text: TextConfig
+    vision: VisionConfig
+    tokens: TokenIds
+    processor: ProcessorConfig = field(default_factory=ProcessorConfig)
+    generation: GenerationDefaults = field(default_factory=GenerationDefaults)
+    config_format: str = "4.57"  # "4.57" (rope_scaling) or "5.x" (rope_parameters)
+
+    @property
+    def num_deepstack(self) -> int:
+        return self.vision.num_deepstack
+
+    @property
+    def wide_hidden_size(self) -> int:
+        """Width of image_features / inputs_embeds in the bundle: (1 + D) * H (see docs/architecture.md)."""
+        return (1 + self.num_deepstack) * self.text.hidden_size
+
+    @classmethod
+    def from_dict(
+        cls,
+        config: dict[str, Any],
+        *,
+        generation: dict[str, Any] | None = None,
+        preprocessor: dict[str, Any] | None = None,
+        where: str = "config.json",
+    ) -> Qwen3VLConfig:
+        archs = config.get("architectures") or []
+        model_type = config.get("model_type")
+        if QWEN3_VL_ARCHITECTURE not in archs and model_type != QWEN3_VL_MODEL_TYPE:
+            found = ", ".join(archs) if archs else f"model_type={model_type!r}"
+            raise InputError(f"{where}: not a Qwen3-VL checkpoint (found {found}; expected {QWEN3_VL_ARCHITECTURE})")
+        if "text_config" not in config or "vision_config" not in config:
+            raise InputError(f"{where}: a Qwen3-VL config needs both text_config and vision_config")
+        text_dict = config["text_config"]
+        text = TextConfig.from_dict(text_dict, where, tie_default=bool(config.get("tie_word_embeddings", True)))
+        vision = VisionConfig.from_dict(config["vision_config"], where)
+        if vision.out_hidden_size != text.hidden_size:
+            raise InputError(
+                f"{where}: vision_config out_hidden_size={vision.out_hidden_size} must equal "
+                f"text_config hidden_size={text.hidden_size}"
+            )
+        return cls(
+            text=text,
+            vision=vision,
+            tokens=TokenIds.from_dicts(config, generation),
+            processor=ProcessorConfig.from_dict(preprocessor or {}),
+            generation=GenerationDefaults.from_dict(generation),
+            config_format="5.x" if "rope_parameters" in text_dict else "4.57",
+        )

@@ -1,0 +1,121 @@
+"""Writers for genai_config.json and the image processor config, filled from the checkpoint.
+
+Field choices follow what og 0.18 needs (../shared/notes/ogenai-qwen3vl-runtime-contract.md):
+- decoder.hidden_size is the WIDE width (1 + D) * H, because og sizes the image_features and
+  inputs_embeds buffers with it and DeepStack travels in the extra columns;
+- image_token_id / vision_start_token_id / pad_token_id are always written: without them og
+  silently falls back to 1-D positions or masks prompt tokens equal to pad id 0.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from . import io_spec
+from .config import Qwen3VLConfig
+from .resources import load_template
+
+DEFAULT_DECODER_INPUTS = {
+    "inputs_embeds": "inputs_embeds",
+    "attention_mask": "attention_mask",
+    "position_ids": "position_ids",
+    "past_key_names": "past_key_values.%d.key",
+    "past_value_names": "past_key_values.%d.value",
+}
+DEFAULT_DECODER_OUTPUTS = {
+    "logits": "logits",
+    "present_key_names": "present.%d.key",
+    "present_value_names": "present.%d.value",
+}
+
+
+def provider_options(execution_provider: str) -> list[dict[str, Any]]:
+    return [] if execution_provider == "cpu" else [{execution_provider: {}}]
+
+
+def make_genai_config(
+    cfg: Qwen3VLConfig,
+    execution_provider: str,
+    og_decoder: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Fill the template. ``og_decoder`` is the decoder section og's builder wrote, if any: its
+    input/output names and session options describe the graph it built, so they win over ours."""
+    doc = load_template("genai_config.json")
+    model = doc["model"]
+    tok, text, vision = cfg.tokens, cfg.text, cfg.vision
+    model.update(
+        bos_token_id=tok.bos_token_id if tok.bos_token_id is not None else tok.pad_token_id,
+        eos_token_id=list(tok.eos_token_ids),
+        pad_token_id=tok.pad_token_id,
+        image_token_id=tok.image_token_id,
+        video_token_id=tok.video_token_id,
+        vision_start_token_id=tok.vision_start_token_id,
+        context_length=text.max_position_embeddings,
+        vocab_size=text.vocab_size,
+    )
+    providers = provider_options(execution_provider)
+    decoder = model["decoder"]
+    og_decoder = og_decoder or {}
+    decoder.update(
+        head_size=text.head_dim,
+        hidden_size=cfg.wide_hidden_size,
+        num_attention_heads=text.num_attention_heads,
+        num_hidden_layers=text.num_hidden_layers,
+        num_key_value_heads=text.num_key_value_heads,
+        inputs=dict(og_decoder.get("inputs") or DEFAULT_DECODER_INPUTS),
+        outputs=dict(og_decoder.get("outputs") or DEFAULT_DECODER_OUTPUTS),
+    )
+    if "session_options" in og_decoder:
+        decoder["session_options"] = og_decoder["session_options"]
+    decoder["session_options"]["provider_options"] = providers
+    decoder["filename"] = io_spec.DECODER_FILENAME
+
+    embedding = model["embedding"]
+    embedding.update(
+        filename=io_spec.EMBEDDING.filename,
+        inputs=io_spec.config_names(io_spec.EMBEDDING.inputs),
+        outputs=io_spec.config_names(io_spec.EMBEDDING.outputs),
+    )
+    embedding["session_options"]["provider_options"] = providers
+
+    vis = model["vision"]
+    vis.update(
+        filename=io_spec.VISION.filename,
+        config_filename=io_spec.PROCESSOR_CONFIG_FILENAME,
+        spatial_merge_size=vision.spatial_merge_size,
+        patch_size=vision.patch_size,
+        inputs=io_spec.config_names(io_spec.VISION.inputs),
+        outputs=io_spec.config_names(io_spec.VISION.outputs),
+    )
+    vis["session_options"]["provider_options"] = providers
+
+    gen = cfg.generation
+    doc["search"].update(
+        max_length=text.max_position_embeddings,
+        do_sample=gen.do_sample,
+        top_k=gen.top_k,
+        top_p=gen.top_p,
+        temperature=gen.temperature,
+        repetition_penalty=gen.repetition_penalty,
+    )
+    return doc
+
+
+def make_processor_config(cfg: Qwen3VLConfig) -> dict[str, Any]:
+    doc = load_template("vision_processor.json")
+    proc = cfg.processor
+    attrs_by_type = {t["operation"]["type"]: t["operation"].setdefault("attrs", {}) for t in doc["processor"]["transforms"]}
+    attrs_by_type["Resize"].update(
+        min_pixels=proc.min_pixels, max_pixels=proc.max_pixels, patch_size=proc.patch_size, merge_size=proc.merge_size
+    )
+    attrs_by_type["Normalize"].update(mean=list(proc.image_mean), std=list(proc.image_std))
+    attrs_by_type["PatchImage"].update(
+        patch_size=proc.patch_size, temporal_patch_size=proc.temporal_patch_size, merge_size=proc.merge_size
+    )
+    return doc
+
+
+def write_json(path: Path, doc: dict[str, Any]) -> None:
+    path.write_text(json.dumps(doc, indent=4) + "\n", encoding="utf-8")

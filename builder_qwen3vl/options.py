@@ -1,0 +1,108 @@
+"""BuildOptions: the public, typed form of the command line.
+
+``--extra_options`` keep og's builder spelling (``KEY=VALUE``); keys the og builder knows pass
+through to it, keys listed in ``OWN_EXTRA_OPTIONS`` are ours, anything else is rejected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+
+PRECISIONS = ("fp32", "fp16", "int4")
+EXECUTION_PROVIDERS = ("cpu", "cuda", "dml", "webgpu")
+
+# Our own keys, with the values each accepts (None: free-form).
+OWN_EXTRA_OPTIONS: dict[str, tuple[str, ...] | None] = {
+    # Precision of the vision tower's linear weights; default depends on -p (see docs/vision_encoder.md).
+    "vision_precision": ("fp32", "fp16", "int8", "int4"),
+    # Precision of the embedding table; default follows -p.
+    "embeddings_precision": ("fp32", "fp16", "int4"),
+    # Testing aid: build a decoder that ignores the DeepStack columns (parity tests must then fail).
+    "deepstack": ("true", "false"),
+}
+
+# The og 0.18 builder's extra option keys (pinned; tests/test_og_pins.py checks them against og's source).
+OG_EXTRA_OPTIONS: tuple[str, ...] = (
+    "int4_accuracy_level", "int4_algo_config", "int4_block_size", "int4_is_symmetric", "int4_nodes_to_exclude",
+    "int4_op_types_to_quantize", "int4_tied_embeddings", "int8_accuracy_level", "int8_is_symmetric",
+    "int8_op_types_to_quantize", "int8_nodes_to_exclude", "int8_algo_config", "int8_block_size",
+    "use_qdq", "use_8bits_moe", "use_cuda_bf16", "use_webgpu_fp32", "use_cuda_graph", "enable_cuda_graph",
+    "enable_dml_graph", "enable_webgpu_graph", "exclude_lm_head", "include_hidden_states", "shared_embeddings",
+    "prune_lm_head", "fuse_qkv", "fuse_qk_norm_gqa", "fuse_mlp_gate_up", "disable_qkv_fusion",
+    "matmul_mixed_precision", "matmulnbits_weights_prepacked", "use_device_allocator_for_initializers",
+    "enable_cuda_fpa_intb_gemm", "kv_cache_quant_scheme", "windowed_kv_cache", "filename", "hf_token", "hf_remote",
+)
+
+# Keys we set ourselves; a user may not override them because the bundle contract depends on them.
+RESERVED_EXTRA_OPTIONS = ("exclude_embeds", "config_only", "use_paged_attention", "num_hidden_layers", "adapter_path")
+
+
+def known_extra_options() -> list[str]:
+    return sorted(set(OWN_EXTRA_OPTIONS) | set(OG_EXTRA_OPTIONS))
+
+
+def parse_extra_options(items: list[str] | None) -> dict[str, str]:
+    """Parse ``KEY=VALUE`` strings (og's spelling); reject unknown or malformed keys up front."""
+    options: dict[str, str] = {}
+    for item in items or []:
+        for part in item.split(","):  # og accepts both "a=1 b=2" and "a=1,b=2"
+            if not part:
+                continue
+            key, sep, value = part.partition("=")
+            key = key.strip()
+            if not sep or not key or not value.strip():
+                raise InputError(f"--extra_options: '{part}' is not KEY=VALUE")
+            options[key] = value.strip()
+    validate_extra_options(options)
+    return options
+
+
+def validate_extra_options(options: dict[str, Any]) -> None:
+    known = set(known_extra_options())
+    for key, value in options.items():
+        if key in RESERVED_EXTRA_OPTIONS:
+            raise InputError(f"--extra_options: '{key}' is set by builder_qwen3vl and cannot be overridden")
+        if key not in known:
+            raise InputError(f"--extra_options: unknown key '{key}'; known keys: {', '.join(known_extra_options())}")
+        allowed = OWN_EXTRA_OPTIONS.get(key)
+        if allowed is not None and str(value).lower() not in allowed:
+            raise InputError(f"--extra_options: {key}={value} is not one of {', '.join(allowed)}")
+
+
+@dataclass
+class BuildOptions:
+    """Everything ``build`` needs; the CLI fills it from argv, Python callers construct it directly."""
+
+    input: Path
+    output: Path
+    precision: str = "int4"
+    execution_provider: str = "cpu"
+    cache_dir: Path | None = None
+    extra_options: dict[str, str] = field(default_factory=dict)
+    overwrite: bool = False
+    verbose: bool = False
+
+    def __post_init__(self) -> None:
+        self.input = Path(self.input)
+        self.output = Path(self.output)
+        if self.cache_dir is not None:
+            self.cache_dir = Path(self.cache_dir)
+        if self.precision not in PRECISIONS:
+            raise InputError(f"-p/--precision: '{self.precision}' is not one of {', '.join(PRECISIONS)}")
+        if self.execution_provider not in EXECUTION_PROVIDERS:
+            raise InputError(
+                f"-e/--execution_provider: '{self.execution_provider}' is not one of {', '.join(EXECUTION_PROVIDERS)}"
+            )
+        validate_extra_options(self.extra_options)
+
+    def own_option(self, key: str, default: str) -> str:
+        return str(self.extra_options.get(key, default)).lower()
+
+    @property
+    def og_extra_options(self) -> dict[str, str]:
+        """The extra options that pass through to the og builder."""
+        return {k: v for k, v in self.extra_options.items() if k not in OWN_EXTRA_OPTIONS}

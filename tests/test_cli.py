@@ -1,0 +1,118 @@
+"""CLI and BuildOptions: option parsing, validation and the output-folder rules."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from builder_qwen3vl.cli import main
+from builder_qwen3vl.errors import InputError
+from builder_qwen3vl.options import BuildOptions, known_extra_options, parse_extra_options
+
+
+def _run(capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture, *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out + out.err + caplog.text
+
+
+def test_help_runs_as_module() -> None:
+    res = subprocess.run([sys.executable, "-m", "builder_qwen3vl", "--help"], capture_output=True, text=True, check=False)
+    assert res.returncode == 0
+    for flag in ("-i", "-o", "-p", "-e", "--cache_dir", "--extra_options", "--overwrite", "--verbose"):
+        assert flag in res.stdout
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["-p", "int8"], "invalid choice: 'int8'"),
+    (["-e", "rocm"], "invalid choice: 'rocm'"),
+])
+def test_bad_precision_or_ep_exit_2(tmp_path: Path, capsys, argv: list[str], fragment: str) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["-i", str(tmp_path), "-o", str(tmp_path / "out"), *argv])
+    assert exc.value.code == 2
+    assert fragment in capsys.readouterr().err
+
+
+def test_extra_options_parse_og_spelling() -> None:
+    assert parse_extra_options(["int4_block_size=128", "int4_accuracy_level=4"]) == {
+        "int4_block_size": "128", "int4_accuracy_level": "4"}
+    assert parse_extra_options(["int4_block_size=32,vision_precision=fp16"]) == {
+        "int4_block_size": "32", "vision_precision": "fp16"}
+
+
+@pytest.mark.parametrize("item,fragment", [
+    ("not_a_key=1", "unknown key 'not_a_key'; known keys: "),
+    ("int4_block_size", "'int4_block_size' is not KEY=VALUE"),
+    ("=3", "is not KEY=VALUE"),
+    ("vision_precision=int2", "vision_precision=int2 is not one of fp32, fp16, int8, int4"),
+    ("exclude_embeds=false", "'exclude_embeds' is set by builder_qwen3vl"),
+])
+def test_extra_options_rejected(item: str, fragment: str) -> None:
+    with pytest.raises(InputError, match="--extra_options") as err:
+        parse_extra_options([item])
+    assert fragment in str(err.value)
+
+
+def test_unknown_extra_option_lists_known_keys(small_ckpt: Path, tmp_path: Path, capsys, caplog) -> None:
+    code, text = _run(capsys, caplog, "-i", str(small_ckpt), "-o", str(tmp_path / "out"), "--extra_options", "bogus=1")
+    assert code == 2
+    assert "unknown key 'bogus'" in text and "int4_block_size" in text and "vision_precision" in text
+    assert not (tmp_path / "out").exists()
+
+
+def test_build_options_validate() -> None:
+    with pytest.raises(InputError, match="-p/--precision: 'bf16'"):
+        BuildOptions(input=Path("a"), output=Path("b"), precision="bf16")
+    with pytest.raises(InputError, match="-e/--execution_provider: 'tpu'"):
+        BuildOptions(input=Path("a"), output=Path("b"), execution_provider="tpu")
+    opts = BuildOptions(input="a", output="b", extra_options={"int4_block_size": "64", "vision_precision": "fp16"})
+    assert opts.og_extra_options == {"int4_block_size": "64"}
+    assert "int4_block_size" in known_extra_options()
+
+
+def test_input_missing_exit_2(tmp_path: Path, capsys, caplog) -> None:
+    code, text = _run(capsys, caplog, "-i", str(tmp_path / "none"), "-o", str(tmp_path / "out"))
+    assert code == 2 and "folder not found" in text
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_inside_input_rejected(small_ckpt: Path, capsys, caplog) -> None:
+    for out in (small_ckpt, small_ckpt / "bundle"):
+        code, text = _run(capsys, caplog, "-i", str(small_ckpt), "-o", str(out))
+        assert code == 2 and "must not be the input folder or inside it" in text
+    assert not (small_ckpt / "bundle").exists()
+
+
+def test_output_is_file_rejected(small_ckpt: Path, tmp_path: Path, capsys, caplog) -> None:
+    (tmp_path / "file").write_text("x")
+    code, text = _run(capsys, caplog, "-i", str(small_ckpt), "-o", str(tmp_path / "file"))
+    assert code == 2 and "exists and is a file" in text
+
+
+def test_output_non_empty_needs_overwrite(small_ckpt: Path, tmp_path: Path, capsys, caplog) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    code, text = _run(capsys, caplog, "-i", str(small_ckpt), "-o", str(out))
+    assert code == 2 and "not empty; pass --overwrite" in text
+    assert (out / "keep.txt").read_text() == "x"
+
+
+def test_no_staging_folder_left_after_failure(small_ckpt: Path, tmp_path: Path, capsys, caplog, monkeypatch) -> None:
+    """Whatever step fails, neither -o nor the hidden staging folder beside it survives."""
+    import importlib
+
+    build_module = importlib.import_module("builder_qwen3vl.build")
+    from builder_qwen3vl.errors import BuildError
+
+    def boom(*args, **kwargs):
+        raise BuildError("simulated exporter failure")
+
+    monkeypatch.setattr(build_module, "write_bundle", boom)
+    code, text = _run(capsys, caplog, "-i", str(small_ckpt), "-o", str(tmp_path / "out"))
+    assert code == 1 and "simulated exporter failure" in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
