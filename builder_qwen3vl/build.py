@@ -9,12 +9,17 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import genai_config, io_spec
 from .checkpoint import Checkpoint, read_checkpoint
 from .errors import NotImplementedYet
+from .weights import load_tensors
 from .options import BuildOptions
 from .output_folder import check_output_folder, staged_output
+
+if TYPE_CHECKING:
+    from .decoder import DecoderBuild
 
 log = logging.getLogger(__name__)
 
@@ -40,32 +45,44 @@ def build(options: BuildOptions) -> Path:
 
 
 def write_bundle(ckpt: Checkpoint, options: BuildOptions, out: Path) -> None:
-    og_decoder = None
-    with step("exporting vision_encoder.onnx"):
-        _export_vision(ckpt, options, out)
-    with step("exporting embeddings.onnx"):
-        _export_embeddings(ckpt, options, out)
     with step("building model.onnx with the og builder"):
-        og_decoder = _build_decoder(ckpt, options, out)
+        decoder = _build_decoder(ckpt, options, out)
+    with step("exporting embeddings.onnx"):
+        _export_embeddings(ckpt, options, out, decoder.io_dtype)
+    with step("exporting vision_encoder.onnx"):
+        _export_vision(ckpt, options, out, decoder.io_dtype)
     with step("writing configs and tokenizer"):
-        write_configs(ckpt, options, out, og_decoder)
+        write_configs(ckpt, options, out, decoder.genai_config.get("model", {}).get("decoder"))
 
 
 def write_configs(ckpt: Checkpoint, options: BuildOptions, out: Path, og_decoder: dict | None) -> None:
     cfg = ckpt.config
-    genai_config.write_json(out / "genai_config.json", genai_config.make_genai_config(cfg, options.execution_provider, og_decoder))
+    genai = genai_config.make_genai_config(cfg, options.execution_provider, og_decoder)
+    genai_config.write_json(out / "genai_config.json", genai)
     genai_config.write_json(out / io_spec.PROCESSOR_CONFIG_FILENAME, genai_config.make_processor_config(cfg))
     for path in ckpt.tokenizer_files:
         shutil.copy2(path, out / path.name)
 
 
-def _export_vision(ckpt: Checkpoint, options: BuildOptions, out: Path) -> None:
+def _build_decoder(ckpt: Checkpoint, options: BuildOptions, out: Path) -> DecoderBuild:
+    from .decoder import build_decoder
+
+    return build_decoder(
+        ckpt.folder, out, options.precision, options.execution_provider,
+        cache_dir=options.cache_dir, extra_options=options.og_extra_options,
+        deepstack=options.own_option("deepstack", "true") == "true",
+    )
+
+
+def _export_embeddings(ckpt: Checkpoint, options: BuildOptions, out: Path, io_dtype: str) -> None:
+    from .embeddings import export_embeddings
+
+    table = load_tensors(ckpt, ["model.language_model.embed_tokens.weight"])["model.language_model.embed_tokens.weight"]
+    export_embeddings(
+        table, ckpt.config.tokens.image_token_id, ckpt.config.num_deepstack, out / io_spec.EMBEDDING.filename,
+        precision=options.own_option("embeddings_precision", options.precision), io_dtype=io_dtype,
+    )
+
+
+def _export_vision(ckpt: Checkpoint, options: BuildOptions, out: Path, io_dtype: str) -> None:
     raise NotImplementedYet("vision_encoder.onnx: the vision exporter is not implemented yet")
-
-
-def _export_embeddings(ckpt: Checkpoint, options: BuildOptions, out: Path) -> None:
-    raise NotImplementedYet("embeddings.onnx: the embeddings exporter is not implemented yet")
-
-
-def _build_decoder(ckpt: Checkpoint, options: BuildOptions, out: Path) -> dict | None:
-    raise NotImplementedYet("model.onnx: the DeepStack decoder builder is not implemented yet")

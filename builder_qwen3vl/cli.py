@@ -8,7 +8,7 @@ import sys
 
 from .build import build
 from .errors import BuildError
-from .options import EXECUTION_PROVIDERS, PRECISIONS, BuildOptions, known_extra_options, parse_extra_options
+from .options import EXECUTION_PROVIDERS, OWN_EXTRA_OPTIONS, PRECISIONS, BuildOptions, parse_extra_options
 
 log = logging.getLogger("builder_qwen3vl")
 
@@ -26,7 +26,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--cache_dir", default=None, help="scratch folder for the og builder")
     p.add_argument(
         "--extra_options", nargs="+", metavar="KEY=VALUE", default=[],
-        help="og builder options (same spelling) plus ours; known keys: " + ", ".join(known_extra_options()),
+        help="options of onnxruntime-genai's model builder, same spelling (e.g. block_size=32 accuracy_level=4), "
+        "plus ours: " + ", ".join(f"{k}={'|'.join(v or ('...',))}" for k, v in OWN_EXTRA_OPTIONS.items())
+        + ". Unknown keys are rejected with the full list.",
     )
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     p.add_argument("-v", "--verbose", action="store_true", help="show og builder and onnxruntime output")
@@ -35,13 +37,12 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
+    # Our steps at INFO; other libraries (og builder, onnxruntime quantizer, torch export) only with -v.
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s" if args.verbose else "%(message)s",
     )
-    if not args.verbose:
-        for noisy in ("onnxscript", "torch", "onnx_ir", "transformers"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+    log.setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         options = BuildOptions(
             input=args.input,
@@ -57,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     except BuildError as e:
         log.error("error: %s", e)
         return e.exit_code
+    except Exception as e:  # an internal failure: one line by default, the traceback with -v
+        log.debug("traceback", exc_info=True)
+        log.error("internal error: %s: %s (run with -v for the traceback)", type(e).__name__, e)
+        return 1
     except KeyboardInterrupt:
         log.error("interrupted: no bundle written")
         return 130

@@ -293,6 +293,11 @@ class Qwen3VLConfig:
                 f"{where}: vision_config out_hidden_size={vision.out_hidden_size} must equal "
                 f"text_config hidden_size={text.hidden_size}"
             )
+        if vision.num_deepstack >= text.num_hidden_layers:
+            raise InputError(
+                f"{where}: {vision.num_deepstack} DeepStack layers need at least {vision.num_deepstack + 1} "
+                f"text layers, found num_hidden_layers={text.num_hidden_layers}"
+            )
         return cls(
             text=text,
             vision=vision,

@@ -25,24 +25,22 @@ OWN_EXTRA_OPTIONS: dict[str, tuple[str, ...] | None] = {
     "deepstack": ("true", "false"),
 }
 
-# The og 0.18 builder's extra option keys (pinned; tests/test_og_pins.py checks them against og's source).
-OG_EXTRA_OPTIONS: tuple[str, ...] = (
-    "int4_accuracy_level", "int4_algo_config", "int4_block_size", "int4_is_symmetric", "int4_nodes_to_exclude",
-    "int4_op_types_to_quantize", "int4_tied_embeddings", "int8_accuracy_level", "int8_is_symmetric",
-    "int8_op_types_to_quantize", "int8_nodes_to_exclude", "int8_algo_config", "int8_block_size",
-    "use_qdq", "use_8bits_moe", "use_cuda_bf16", "use_webgpu_fp32", "use_cuda_graph", "enable_cuda_graph",
-    "enable_dml_graph", "enable_webgpu_graph", "exclude_lm_head", "include_hidden_states", "shared_embeddings",
-    "prune_lm_head", "fuse_qkv", "fuse_qk_norm_gqa", "fuse_mlp_gate_up", "disable_qkv_fusion",
-    "matmul_mixed_precision", "matmulnbits_weights_prepacked", "use_device_allocator_for_initializers",
-    "enable_cuda_fpa_intb_gemm", "kv_cache_quant_scheme", "windowed_kv_cache", "filename", "hf_token", "hf_remote",
+# Keys we set ourselves; a user may not override them because the bundle contract depends on them.
+RESERVED_EXTRA_OPTIONS = (
+    "exclude_embeds", "config_only", "use_paged_attention", "num_hidden_layers", "adapter_path", "hf_token", "hf_remote",
+    "exclude_lm_head", "include_hidden_states", "filename",
 )
 
-# Keys we set ourselves; a user may not override them because the bundle contract depends on them.
-RESERVED_EXTRA_OPTIONS = ("exclude_embeds", "config_only", "use_paged_attention", "num_hidden_layers", "adapter_path")
+
+def og_extra_options() -> tuple[str, ...]:
+    """The installed og builder's own keys (read from its source; imports og lazily)."""
+    from .decoder import og_extra_option_keys
+
+    return og_extra_option_keys()
 
 
 def known_extra_options() -> list[str]:
-    return sorted(set(OWN_EXTRA_OPTIONS) | set(OG_EXTRA_OPTIONS))
+    return sorted((set(OWN_EXTRA_OPTIONS) | set(og_extra_options())) - set(RESERVED_EXTRA_OPTIONS))
 
 
 def parse_extra_options(items: list[str] | None) -> dict[str, str]:
@@ -62,6 +60,8 @@ def parse_extra_options(items: list[str] | None) -> dict[str, str]:
 
 
 def validate_extra_options(options: dict[str, Any]) -> None:
+    if not options:
+        return
     known = set(known_extra_options())
     for key, value in options.items():
         if key in RESERVED_EXTRA_OPTIONS:

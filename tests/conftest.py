@@ -21,7 +21,7 @@ def write_stub_tokenizer(folder: Path) -> None:
 def small_ckpt_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fast checkpoint (small vocabulary, stub tokenizer) for reader/CLI tests; copy before mutating."""
     folder = tmp_path_factory.mktemp("small_ckpt")
-    write_checkpoint(folder, tiny_config(vocab_size=512, num_hidden_layers=2), tokenizer=False)
+    write_checkpoint(folder, tiny_config(vocab_size=512), tokenizer=False)
     write_stub_tokenizer(folder)
     return folder
 

@@ -19,7 +19,7 @@ from conftest import write_stub_tokenizer
 
 
 def _write(folder: Path, **kwargs) -> Path:
-    write_checkpoint(folder, tiny_config(vocab_size=512, num_hidden_layers=2), tokenizer=False, **kwargs)
+    write_checkpoint(folder, tiny_config(vocab_size=512), tokenizer=False, **kwargs)
     write_stub_tokenizer(folder)
     return folder
 
@@ -190,3 +190,8 @@ def test_fixture_tensor_names_match_reader_expectation(small_ckpt_template: Path
     expected = expected_tensors(ckpt.config.text, ckpt.config.vision)
     found = read_checkpoint_tensors(small_ckpt_template)
     assert set(found) == set(expected)
+
+
+def test_error_deepstack_needs_more_layers(small_ckpt: Path) -> None:
+    _edit_config(small_ckpt, lambda c: c["text_config"].update(num_hidden_layers=3))
+    _expect(small_ckpt, "3 DeepStack layers need at least 4 text layers")

@@ -45,7 +45,7 @@ def reference_json(filename: str) -> dict[str, Any]:
 def tiny_config(
     *,
     hidden_size: int = 64,
-    num_hidden_layers: int = 3,
+    num_hidden_layers: int = 4,
     num_attention_heads: int = 4,
     num_key_value_heads: int = 2,
     head_dim: int = 32,

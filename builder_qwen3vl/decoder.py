@@ -1,0 +1,292 @@
+"""model.onnx: the og model builder's Qwen3-VL text decoder, widened to carry DeepStack features.
+
+The og builder (``onnxruntime_genai.models.builder``, class ``Qwen3VLTextModel``) builds the
+decoder; ``DeepStackQwen3VLTextModel`` changes only where the hidden stream enters:
+
+- ``inputs_embeds`` is ``[B, S, (1 + D) * H]``; a Split cuts it into the hidden stream
+  (columns 0:H) and D DeepStack blocks.
+- HF adds DeepStack block k to the hidden state leaving decoder layer k (k < D). In og's graph
+  that sum (residual + MLP output) is formed inside the next layer's fused
+  SkipSimplifiedLayerNormalization (inputs: root = residual, skip = MLP output; output 3 = the sum,
+  which becomes the next residual). So block k is added to the ``root`` input of layer k+1's
+  input_layernorm: both the normalized output and the residual that flows on then carry it.
+
+Everything else (weights, attention, MRoPE, quantization, genai_config) is og's own code,
+driven the way og's ``create_model`` drives it, with og's helpers for dtypes and extra options.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import inspect
+import io
+import json
+import logging
+import re
+import tempfile
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from . import io_spec
+
+log = logging.getLogger(__name__)
+
+OG_MODEL_TYPE = "qwen3_vl"  # what onnxruntime-genai 0.18 accepts; og's builder writes "qwen3vl"
+QWEN3_VL_ARCHITECTURE = "Qwen3VLForConditionalGeneration"
+# og's help text calls these "deprecated aliases that still work", but og 0.18 reads only the
+# unprefixed names: an int4_* key would be silently ignored, so we translate it.
+OG_INT4_ALIASES = ("accuracy_level", "algo_config", "block_size", "is_symmetric", "nodes_to_exclude", "op_types_to_quantize")
+
+
+def og_builder() -> ModuleType:
+    """og's builder module, imported the way og's own CLI imports it.
+
+    ``onnxruntime_genai.models`` puts its folder on sys.path and builder.py imports its siblings
+    as top-level ``builders``/``builder_config``; subclass the classes from *that* import.
+    """
+    import onnxruntime_genai.models.builder as builder
+
+    return builder
+
+
+@lru_cache(maxsize=1)
+def og_extra_option_keys() -> tuple[str, ...]:
+    """Extra option keys the installed og builder documents, plus the int4_* aliases we translate.
+
+    Read from the ``--extra_options`` help text in og's builder.py (og has no list in code):
+    each option is a line ``<key> = <description>`` at the outermost indentation of that text.
+    """
+    tree = ast.parse(inspect.getsource(og_builder()))
+    help_text = None
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "attr", None) == "add_argument"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and node.args[0].value == "--extra_options"
+        ):
+            for kw in node.keywords:
+                if kw.arg == "help":
+                    help_text = _string_in(kw.value)
+    if not help_text:
+        raise RuntimeError("og builder: could not find the --extra_options help text in onnxruntime_genai/models/builder.py")
+    lines = textwrap.dedent(help_text).splitlines()
+    entries = [(len(line) - len(line.lstrip()), m.group(1)) for line in lines if (m := re.match(r"^\s*([a-z][a-z0-9_]*) = ", line))]
+    if not entries:
+        raise RuntimeError("og builder: no 'key = description' lines in the --extra_options help text")
+    key_indent = min(indent for indent, _ in entries)
+    keys = {key for indent, key in entries if indent == key_indent}
+    keys |= {f"int4_{key}" for key in OG_INT4_ALIASES if key in keys}
+    return tuple(sorted(keys))
+
+
+def _string_in(node: ast.AST) -> str | None:
+    """The string literal in ``"..."`` or ``textwrap.dedent("...")``."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.Call) and node.args:
+        return _string_in(node.args[0])
+    return None
+
+
+def translate_int4_aliases(extra_options: dict[str, Any]) -> dict[str, Any]:
+    """Map ``int4_<key>`` to og 0.18's ``<key>``; a clash between both spellings is an error."""
+    out = dict(extra_options)
+    for key in OG_INT4_ALIASES:
+        alias = f"int4_{key}"
+        if alias not in out:
+            continue
+        if key in out and str(out[key]) != str(out[alias]):
+            raise ValueError(f"extra option {alias}={out[alias]} conflicts with {key}={out[key]}; give one of them")
+        out[key] = out.pop(alias)
+        log.debug("extra option %s passed to the og builder as %s", alias, key)
+    return out
+
+
+def _make_model_class() -> type:
+    """Define the subclass against og's Qwen3VLTextModel as the og builder imports it."""
+    base = og_builder().Qwen3VLTextModel
+
+    class DeepStackQwen3VLTextModel(base):  # type: ignore[misc, valid-type]
+        """og's Qwen3VLTextModel with a (1 + D) * H wide ``inputs_embeds`` and DeepStack adds."""
+
+        def __init__(self, config, io_dtype, onnx_dtype, ep, cache_dir, extra_options, *, deepstack_layers: int, apply_deepstack: bool = True):
+            super().__init__(config, io_dtype, onnx_dtype, ep, cache_dir, extra_options)
+            if not self.exclude_embeds:
+                raise ValueError("DeepStack decoder: extra option exclude_embeds must be true (the embedding is a separate model)")
+            if deepstack_layers >= self.num_layers:
+                raise ValueError(
+                    f"DeepStack decoder: {deepstack_layers} DeepStack layers need at least {deepstack_layers + 1} "
+                    f"decoder layers, the model has {self.num_layers}"
+                )
+            self.deepstack_layers = deepstack_layers
+            self.apply_deepstack = apply_deepstack
+            self.stream_width = (1 + deepstack_layers) * self.hidden_size
+            self.deepstack_blocks: list[str] = []  # Split outputs 1..D, set when layer 0 is made
+
+        def make_inputs_and_outputs(self):
+            self.input_shapes["inputs_embeds"] = ["batch_size", "sequence_length", self.stream_width]
+            super().make_inputs_and_outputs()
+
+        def make_layer(self, layer_id, layer):
+            if layer_id == 0:
+                self._split_wide_stream()
+            elif self.apply_deepstack and layer_id <= self.deepstack_layers:
+                self._add_deepstack_to_residual(layer_id)
+            super().make_layer(layer_id, layer)
+
+        def _split_wide_stream(self) -> None:
+            embeds = self.input_names["inputs_embeds"]
+            if self.layernorm_attrs["root_input"] != embeds or self.layernorm_attrs["skip_input"] != embeds:
+                raise RuntimeError(
+                    "og builder: layer 0 does not read inputs_embeds directly "
+                    f"(root_input={self.layernorm_attrs['root_input']!r}); the DeepStack split cannot be placed"
+                )
+            name = "/model/deepstack/Split"
+            outputs = [f"{name}/output_{i}" for i in range(1 + self.deepstack_layers)]
+            self.make_split(
+                name,
+                [embeds],
+                outputs,
+                dtypes=[self.io_dtype] * len(outputs),
+                shapes=[self.make_hidden_state_shape()] * len(outputs),
+                axis=-1,
+                num_outputs=len(outputs),
+            )
+            self.layernorm_attrs["root_input"] = outputs[0]
+            self.layernorm_attrs["skip_input"] = outputs[0]
+            self.deepstack_blocks = outputs[1:]
+
+        def _add_deepstack_to_residual(self, layer_id: int) -> None:
+            # root_input is the residual leaving layer_id - 1's attention; this layer's
+            # SkipLayerNorm adds the MLP output to it, giving HF's hidden state after layer_id - 1.
+            residual = self.layernorm_attrs["root_input"]
+            dtype = self.values[residual].dtype  # float32 when og keeps the residual in fp32 (fp16 io)
+            block = self.deepstack_blocks[layer_id - 1]
+            if dtype != self.io_dtype:
+                cast = f"/model/deepstack/layers.{layer_id}/Cast"
+                self.make_cast(cast, block, dtype, shape=self.make_hidden_state_shape())
+                block = f"{cast}/output_0"
+            add = f"/model/deepstack/layers.{layer_id}/Add"
+            self.make_add(add, [residual, block], dtype, shape=self.make_hidden_state_shape())
+            self.layernorm_attrs["root_input"] = f"{add}/output_0"
+
+        def make_genai_config(self, config, extra_kwargs, out_dir):
+            super().make_genai_config(config, extra_kwargs, out_dir)
+            path = Path(out_dir) / "genai_config.json"
+            genai = json.loads(path.read_text())
+            genai["model"]["type"] = OG_MODEL_TYPE
+            genai["model"]["decoder"]["hidden_size"] = self.stream_width
+            path.write_text(json.dumps(genai, indent=4))
+
+    return DeepStackQwen3VLTextModel
+
+
+@dataclass(frozen=True)
+class DecoderBuild:
+    """What the bundle writer needs from the decoder build."""
+
+    path: Path  # model.onnx
+    genai_config: dict[str, Any]  # og's genai_config.json (type and decoder.hidden_size already fixed)
+    io_dtype: str  # "float32" / "float16" / "bfloat16": dtype of inputs_embeds, logits and the KV cache
+    hidden_size: int  # H
+    stream_width: int  # (1 + D) * H: inputs_embeds width = decoder.hidden_size in genai_config
+    deepstack_layers: int  # D
+    num_layers: int
+    apply_deepstack: bool
+
+
+@contextlib.contextmanager
+def _og_output_to_debug_log() -> Iterator[None]:
+    """og prints progress (and tqdm bars on stderr); keep it out of our output unless debugging."""
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            yield
+    finally:
+        for stream, text in (("stdout", out.getvalue()), ("stderr", err.getvalue())):
+            for line in text.replace("\r", "\n").splitlines():
+                if line.strip():
+                    log.debug("og builder %s: %s", stream, line)
+
+
+def _og_option_strings(extra_options: dict[str, Any]) -> list[str]:
+    def text(value: Any) -> str:
+        return str(value).lower() if isinstance(value, bool) else str(value)
+
+    return [f"{key}={text(value)}" for key, value in extra_options.items()]
+
+
+def build_decoder(
+    input_dir: str | Path,
+    output_dir: str | Path,
+    precision: str,
+    execution_provider: str = "cpu",
+    cache_dir: str | Path | None = None,
+    extra_options: dict[str, Any] | None = None,
+    deepstack: bool = True,
+) -> DecoderBuild:
+    """Build model.onnx (+ model.onnx.data) and og's genai_config.json into ``output_dir``.
+
+    ``extra_options`` use og's names (``block_size``, ``accuracy_level``, ...; ``int4_*`` aliases are
+    translated). ``deepstack=False`` builds the same wide-input graph without the DeepStack adds
+    (a testing aid: parity against HF must then fail).
+    """
+    builder = og_builder()
+    options = translate_int4_aliases(extra_options or {})
+    if str(options.get("exclude_embeds", "true")).lower() not in ("true", "1"):
+        raise ValueError("extra option exclude_embeds: the DeepStack decoder needs exclude_embeds=true")
+    options["exclude_embeds"] = "true"
+    input_dir, output_dir = str(input_dir), str(output_dir)
+    with contextlib.ExitStack() as stack:
+        if cache_dir is None:
+            cache_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="og_cache_"))
+        cache_dir = str(cache_dir)
+        with _og_output_to_debug_log():
+            prepared = builder.parse_extra_options(
+                None, input_dir, output_dir, precision, execution_provider, cache_dir, _og_option_strings(options)
+            )
+            effective = prepared.pop("_effective_builder_config", None)
+            precision = effective.precision if effective is not None else precision
+            hf_details = prepared.pop("hf_details")
+            config = hf_details["hf_config"]
+            architecture = (getattr(config, "architectures", None) or ["?"])[0]
+            if architecture != QWEN3_VL_ARCHITECTURE:
+                raise ValueError(f"{input_dir}/config.json: architecture is {architecture}, expected {QWEN3_VL_ARCHITECTURE}")
+            io_dtype = builder.set_io_dtype(precision, execution_provider, prepared)
+            onnx_dtype = builder.set_onnx_dtype(precision, prepared)
+            deepstack_layers = len(config.vision_config.deepstack_visual_indexes)
+            model = _make_model_class()(
+                config, io_dtype, onnx_dtype, execution_provider, cache_dir, prepared,
+                deepstack_layers=deepstack_layers, apply_deepstack=deepstack,
+            )
+            Path(output_dir).mkdir(parents=True, exist_ok=True)
+            model.make_model(input_dir)
+            model.save_model(output_dir)
+            model.make_genai_config(config, hf_details["extra_kwargs"], output_dir)
+    genai = json.loads((Path(output_dir) / "genai_config.json").read_text())
+    build = DecoderBuild(
+        path=Path(output_dir) / genai["model"]["decoder"]["filename"],
+        genai_config=genai,
+        io_dtype={"FLOAT": "float32", "FLOAT16": "float16", "BFLOAT16": "bfloat16"}[model.io_dtype.name],
+        hidden_size=model.hidden_size,
+        stream_width=model.stream_width,
+        deepstack_layers=deepstack_layers,
+        num_layers=model.num_layers,
+        apply_deepstack=deepstack,
+    )
+    if build.path.name != io_spec.DECODER_FILENAME:
+        log.warning("decoder written as %s, not %s (extra option filename)", build.path.name, io_spec.DECODER_FILENAME)
+    log.info(
+        "decoder %s: %s io, %d layers, inputs_embeds width %d = (1 + %d) x %d, DeepStack %s",
+        build.path, build.io_dtype, build.num_layers, build.stream_width, deepstack_layers, build.hidden_size,
+        "on" if deepstack else "OFF",
+    )
+    return build
