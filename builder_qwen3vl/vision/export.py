@@ -8,10 +8,10 @@ kernels want MatMul) -> optional weight storage change (fp16 / int8 / int4 via o
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -21,11 +21,11 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import InputError
+from ..io_spec import VISION
 from .model import Qwen3VLVisionExportModule
 
 logger = logging.getLogger(__name__)
 
-VISION_FILENAME = "vision_encoder.onnx"
 # Highest opset whose ops (LayerNormalization, Gelu via Erf/Tanh, Softmax) onnxruntime 1.31 CPU runs
 # for this graph; 18 is what the torch dynamo exporter targets natively.
 VISION_OPSET = 18
@@ -36,31 +36,6 @@ Dtype = Literal["fp32", "fp16"]
 WeightFormat = Literal["fp32", "fp16", "int8", "int4"]
 
 
-@dataclass(frozen=True)
-class VisionIO:
-    """Names and symbolic dims of the vision encoder's inputs and outputs (reused by the genai_config writer)."""
-
-    pixel_values: str = "pixel_values"
-    image_grid_thw: str = "image_grid_thw"
-    image_features: str = "image_features"
-    dynamic_axes: dict[str, dict[int, str]] = field(
-        default_factory=lambda: {
-            "pixel_values": {0: "num_patches"},
-            "image_grid_thw": {0: "num_images"},
-            "image_features": {0: "num_tokens"},
-        }
-    )
-
-    @property
-    def input_names(self) -> list[str]:
-        return [self.pixel_values, self.image_grid_thw]
-
-    @property
-    def output_names(self) -> list[str]:
-        return [self.image_features]
-
-
-VISION_IO = VisionIO()
 
 _TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
@@ -107,7 +82,9 @@ def export_vision_encoder(
 
 
 def _trace_to_onnx(visual: torch.nn.Module, dtype: torch.dtype, example_grid: tuple[int, int, int]) -> onnx.ModelProto:
-    module = Qwen3VLVisionExportModule(visual).eval().to(dtype)
+    # The wrapper shares the HF submodules; converting a copy keeps the caller's model in its dtype.
+    source = visual if next(visual.parameters()).dtype == dtype else copy.deepcopy(visual)
+    module = Qwen3VLVisionExportModule(source).eval().to(dtype)
     # rotary frequencies stay fp32 (HF computes the angles in fp32 whatever the model dtype)
     module.inv_freq = module.inv_freq.float()
     t, h, w = example_grid
@@ -115,16 +92,16 @@ def _trace_to_onnx(visual: torch.nn.Module, dtype: torch.dtype, example_grid: tu
     pixel_values = torch.zeros(t * h * w, module.patch_proj.in_features, dtype=dtype)
     dims = torch.export.Dim
     dynamic_shapes = {
-        VISION_IO.pixel_values: {0: dims("num_patches", min=1)},
-        VISION_IO.image_grid_thw: {0: dims("num_images", min=1)},
+        "pixel_values": {0: dims("num_patches", min=1)},
+        "image_grid_thw": {0: dims("num_images", min=1)},
     }
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
-        tmp_path = os.path.join(tmp, VISION_FILENAME)
+        tmp_path = os.path.join(tmp, VISION.filename)
         program = torch.onnx.export(
             module,
             (pixel_values, grid),
-            input_names=VISION_IO.input_names,
-            output_names=VISION_IO.output_names,
+            input_names=VISION.input_names(),
+            output_names=VISION.output_names(),
             dynamic_shapes=dynamic_shapes,
             opset_version=VISION_OPSET,
             dynamo=True,
@@ -138,7 +115,7 @@ def _trace_to_onnx(visual: torch.nn.Module, dtype: torch.dtype, example_grid: tu
 def _name_dims(model: onnx.ModelProto) -> None:
     """Give the graph outputs the declared dim names (the exporter writes e.g. '(num_patches//4)')."""
     for value in model.graph.output:
-        for axis, name in VISION_IO.dynamic_axes.get(value.name, {}).items():
+        for axis, name in VISION.dynamic_axes().get(value.name, {}).items():
             value.type.tensor_type.shape.dim[axis].dim_param = name
 
 
