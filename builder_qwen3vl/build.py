@@ -51,12 +51,12 @@ def write_bundle(ckpt: Checkpoint, options: BuildOptions, out: Path) -> None:
     with step("exporting vision_encoder.onnx"):
         _export_vision(ckpt, options, out, decoder.io_dtype)
     with step("writing configs and tokenizer"):
-        write_configs(ckpt, options, out, decoder.genai_config.get("model", {}).get("decoder"))
+        write_configs(ckpt, options, out, decoder.genai_config)
 
 
-def write_configs(ckpt: Checkpoint, options: BuildOptions, out: Path, og_decoder: dict | None) -> None:
+def write_configs(ckpt: Checkpoint, options: BuildOptions, out: Path, og_genai: dict | None) -> None:
     cfg = ckpt.config
-    genai = genai_config.make_genai_config(cfg, options.execution_provider, og_decoder)
+    genai = genai_config.make_genai_config(cfg, options.execution_provider, og_genai)
     genai_config.write_json(out / "genai_config.json", genai)
     genai_config.write_json(out / io_spec.PROCESSOR_CONFIG_FILENAME, genai_config.make_processor_config(cfg))
     for path in ckpt.tokenizer_files:

@@ -38,10 +38,11 @@ def provider_options(execution_provider: str) -> list[dict[str, Any]]:
 def make_genai_config(
     cfg: Qwen3VLConfig,
     execution_provider: str,
-    og_decoder: dict[str, Any] | None = None,
+    og_genai: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Fill the template. ``og_decoder`` is the decoder section og's builder wrote, if any: its
-    input/output names and session options describe the graph it built, so they win over ours."""
+    """Fill the template. ``og_genai`` is the genai_config og's builder wrote for the decoder, if any:
+    its decoder input/output names, session options and KV-buffer sharing describe the graph it
+    built, so they win over ours."""
     doc = load_template("genai_config.json")
     model = doc["model"]
     tok, text, vision = cfg.tokens, cfg.text, cfg.vision
@@ -57,7 +58,8 @@ def make_genai_config(
     )
     providers = provider_options(execution_provider)
     decoder = model["decoder"]
-    og_decoder = og_decoder or {}
+    og_genai = og_genai or {}
+    og_decoder = og_genai.get("model", {}).get("decoder", {})
     decoder.update(
         head_size=text.head_dim,
         hidden_size=cfg.wide_hidden_size,
@@ -100,6 +102,8 @@ def make_genai_config(
         temperature=gen.temperature,
         repetition_penalty=gen.repetition_penalty,
     )
+    if "past_present_share_buffer" in og_genai.get("search", {}):
+        doc["search"]["past_present_share_buffer"] = og_genai["search"]["past_present_share_buffer"]
     return doc
 
 

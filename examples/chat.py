@@ -49,13 +49,13 @@ def generate(model: og.Model, images: list[str], prompt: str, max_new_tokens: in
     messages.append({"role": "user", "content": IMAGE_TAG * len(images) + prompt})
     text = tokenizer.apply_chat_template(messages=json.dumps(messages), add_generation_prompt=True)
     inputs = processor(text, images=og.Images.open(*images) if images else None)
+    prompt_tokens = inputs["input_ids"].as_numpy().shape[-1]
     params = og.GeneratorParams(model)
-    params.set_search_options(do_sample=False)
+    # A tight max_length: og sizes the shared KV buffers by it (context_length would be 262144 for 2B).
+    params.set_search_options(do_sample=False, max_length=prompt_tokens + max_new_tokens)
     generator = og.Generator(model, params)
     generator.set_inputs(inputs)
-    for _ in range(max_new_tokens):
-        if generator.is_done():
-            break
+    while not generator.is_done():
         generator.generate_next_token()
         yield stream.decode(generator.get_next_tokens()[0])
 
