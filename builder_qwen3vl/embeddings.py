@@ -11,18 +11,23 @@ The trick: prepend one zero row to ``image_features`` and gather row ``cumsum(is
 tokens and row 0 for text tokens. More image tokens than feature rows makes the Gather index run
 past the end, which onnxruntime reports as an error instead of silently reusing a row.
 
-int4 stores the table block-quantized (4 bits, per-row blocks along H) and dequantizes only the
-gathered rows with onnxruntime's ``GatherBlockQuantized`` contrib op.
+int4: the graph is first built with a plain float Gather on the table, then onnxruntime's own
+weight-only quantizer (``MatMulNBitsQuantizer``, round-to-nearest, blocks along H) turns that one
+node into the ``GatherBlockQuantized`` contrib op, which dequantizes only the gathered rows.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 import torch
 from onnx_ir import tape as ir_tape
@@ -34,20 +39,11 @@ log = logging.getLogger(__name__)
 EMBEDDINGS_PRECISIONS = ("fp32", "fp16", "int4")
 IO_DTYPES = {"float32": (ir.DataType.FLOAT, np.float32), "float16": (ir.DataType.FLOAT16, np.float16)}
 OPSET = 21
-_QUANT_CHUNK_ROWS = 8192  # rows quantized at a time: bounds the float32 working copy to ~8192 * H * 4 bytes
-
-
-@dataclass(frozen=True)
-class QuantizedTable:
-    """A [V, H] table in 4-bit blocks along H, packed the way GatherBlockQuantized (uint8 data, bits=4) reads it."""
-
-    data_VP: np.ndarray  # uint8 [V, Hp / 2], two values per byte, low nibble first (Hp = H padded to the block size)
-    scales_VB: np.ndarray  # float [V, Hp / block_size]
-    zero_points_VZ: np.ndarray | None  # uint8 [V, ceil(B / 2)] packed like data; None: symmetric (implicit zero point 8)
-    block_size: int
-    hidden_size: int  # H before padding
-    max_abs_error: float  # max |dequant(q) - w| over the table
-    rel_rms_error: float  # ||dequant(q) - w||_2 / ||w||_2
+EMBED_GATHER_NODE = "/embed_tokens/Gather"  # the only node the int4 quantizer may touch
+# The int4 error is measured by running the written graph; above this many table elements only an evenly
+# spaced sample of rows is run (2B: 8192 of 151936 rows), which keeps the check to a few seconds.
+_ERROR_CHECK_ELEMENTS = 1 << 24
+_ERROR_CHECK_OUTPUT_BYTES = 1 << 26  # per session.run: bounds the [1, rows, W] output chunk to 64 MiB
 
 
 @dataclass(frozen=True)
@@ -57,91 +53,14 @@ class EmbeddingsExport:
     io_dtype: str  # "float32" or "float16": dtype of image_features and inputs_embeds
     hidden_size: int  # H
     width: int  # (1 + D) * H, the last dim of image_features and inputs_embeds
-    int4_max_abs_error: float | None = None
-    int4_rel_rms_error: float | None = None
+    int4_max_abs_error: float | None = None  # max |embeddings.onnx text row - float table row| over the rows run
+    int4_rel_rms_error: float | None = None  # ||error||_2 / ||float rows||_2 over the same rows
+    int4_error_rows: int | None = None  # how many table rows the two figures above cover
 
 
 def default_io_dtype(precision: str) -> str:
     """fp16 tables run in float16; fp32 and int4 (CPU: the og decoder's io dtype is float32) in float32."""
     return "float16" if precision == "fp16" else "float32"
-
-
-def _pack_nibbles(values_VK: np.ndarray) -> np.ndarray:
-    """uint8 [V, K] with values 0..15 (K even) -> uint8 [V, K / 2], element 2j in the low nibble."""
-    return (values_VK[:, 0::2] | (values_VK[:, 1::2] << 4)).astype(np.uint8)
-
-
-def quantize_4bit_blockwise(weight_VH: torch.Tensor, block_size: int = 32, symmetric: bool = True) -> QuantizedTable:
-    """Round-to-nearest 4-bit quantization in blocks of ``block_size`` along H.
-
-    Symmetric: q = clip(round(w / s), -8, 7) + 8 with s = absmax / 7 (zero point 8, not stored).
-    Asymmetric: s = (max - min) / 15, zp = clip(round(-min / s), 0, 15), q = clip(round(w / s) + zp, 0, 15).
-    """
-    if block_size < 16 or block_size & (block_size - 1):
-        raise ValueError(f"block_size: expected a power of two >= 16, got {block_size}")
-    vocab, hidden = weight_VH.shape
-    padded = -(-hidden // block_size) * block_size
-    blocks = padded // block_size
-    data = np.empty((vocab, padded // 2), dtype=np.uint8)
-    scales = np.empty((vocab, blocks), dtype=np.float32)
-    zero_points = None if symmetric else np.empty((vocab, -(-blocks // 2)), dtype=np.uint8)
-    max_err, err_sq, ref_sq = 0.0, 0.0, 0.0
-    for start in range(0, vocab, _QUANT_CHUNK_ROWS):
-        w_RH = weight_VH[start : start + _QUANT_CHUNK_ROWS].detach().to(torch.float32).numpy()
-        rows = w_RH.shape[0]
-        w_RBK = np.zeros((rows, padded), dtype=np.float32)
-        w_RBK[:, :hidden] = w_RH
-        w_RBK = w_RBK.reshape(rows, blocks, block_size)
-        if symmetric:
-            scale_RB = np.abs(w_RBK).max(axis=2) / 7.0
-            zp_RB = np.full((rows, blocks), 8.0, dtype=np.float32)
-        else:
-            lo_RB = np.minimum(w_RBK.min(axis=2), 0.0)
-            hi_RB = np.maximum(w_RBK.max(axis=2), 0.0)
-            scale_RB = (hi_RB - lo_RB) / 15.0
-        scale_RB = np.where(scale_RB == 0.0, 1.0, scale_RB).astype(np.float32)  # all-zero block: any scale is exact
-        if not symmetric:
-            zp_RB = np.clip(np.round(-lo_RB / scale_RB), 0, 15).astype(np.float32)
-        q_RBK = np.clip(np.round(w_RBK / scale_RB[..., None]) + zp_RB[..., None], 0, 15)
-        deq_RBK = (q_RBK - zp_RB[..., None]) * scale_RB[..., None]
-        diff_RH = (deq_RBK.reshape(rows, padded)[:, :hidden] - w_RH).astype(np.float64)
-        max_err = max(max_err, float(np.abs(diff_RH).max(initial=0.0)))
-        err_sq += float((diff_RH**2).sum())
-        ref_sq += float((w_RH.astype(np.float64) ** 2).sum())
-        data[start : start + rows] = _pack_nibbles(q_RBK.reshape(rows, padded).astype(np.uint8))
-        scales[start : start + rows] = scale_RB
-        if zero_points is not None:
-            zp_even = np.zeros((rows, zero_points.shape[1] * 2), dtype=np.uint8)
-            zp_even[:, :blocks] = zp_RB.astype(np.uint8)
-            zero_points[start : start + rows] = _pack_nibbles(zp_even)
-    return QuantizedTable(
-        data_VP=data,
-        scales_VB=scales,
-        zero_points_VZ=zero_points,
-        block_size=block_size,
-        hidden_size=hidden,
-        max_abs_error=max_err,
-        rel_rms_error=(err_sq / ref_sq) ** 0.5 if ref_sq else 0.0,
-    )
-
-
-def dequantize_4bit_blockwise(table: QuantizedTable) -> np.ndarray:
-    """Float32 [V, H] table that ``table`` encodes (reference for tests)."""
-    vocab = table.data_VP.shape[0]
-    q_VK = np.empty((vocab, table.data_VP.shape[1] * 2), dtype=np.float32)
-    q_VK[:, 0::2] = table.data_VP & 0x0F
-    q_VK[:, 1::2] = table.data_VP >> 4
-    blocks = table.scales_VB.shape[1]
-    if table.zero_points_VZ is None:
-        zp_VB = np.full((vocab, blocks), 8.0, dtype=np.float32)
-    else:
-        zp_all = np.empty((vocab, table.zero_points_VZ.shape[1] * 2), dtype=np.float32)
-        zp_all[:, 0::2] = table.zero_points_VZ & 0x0F
-        zp_all[:, 1::2] = table.zero_points_VZ >> 4
-        zp_VB = zp_all[:, :blocks]
-    q_VBK = q_VK.reshape(vocab, blocks, table.block_size)
-    deq = (q_VBK - zp_VB[..., None]) * table.scales_VB[..., None].astype(np.float32)
-    return deq.reshape(vocab, -1)[:, : table.hidden_size]
 
 
 def _const(t: ir_tape.Tape, name: str, array: np.ndarray) -> ir.Value:
@@ -150,28 +69,7 @@ def _const(t: ir_tape.Tape, name: str, array: np.ndarray) -> ir.Value:
 
 def _lookup_float(t: ir_tape.Tape, ids_T: ir.Value, table_VH: np.ndarray) -> ir.Value:
     table = _const(t, "model.embed_tokens.weight", table_VH)
-    return t.op("Gather", [table, ids_T], {"axis": 0}, name="/embed_tokens/Gather")
-
-
-def _lookup_int4(t: ir_tape.Tape, ids_T: ir.Value, q: QuantizedTable, np_dtype: type) -> ir.Value:
-    inputs = [
-        _const(t, "model.embed_tokens.weight_Q4", q.data_VP),
-        ids_T,
-        _const(t, "model.embed_tokens.weight_scales", q.scales_VB.astype(np_dtype)),
-    ]
-    if q.zero_points_VZ is not None:
-        inputs.append(_const(t, "model.embed_tokens.weight_zp", q.zero_points_VZ))
-    attrs = {"bits": 4, "block_size": q.block_size, "gather_axis": 0, "quantize_axis": 1}
-    rows_TP = t.op("GatherBlockQuantized", inputs, attrs, domain="com.microsoft", name="/embed_tokens/GatherBlockQuantized")
-    if q.data_VP.shape[1] * 2 == q.hidden_size:
-        return rows_TP
-    # The table was padded to whole blocks along H; drop the padding columns.
-    return t.op(
-        "Slice",
-        [rows_TP, _const(t, "/const/slice_starts", np.array([0])), _const(t, "/const/slice_ends", np.array([q.hidden_size])),
-         _const(t, "/const/slice_axes", np.array([1]))],
-        name="/embed_tokens/Slice",
-    )
+    return t.op("Gather", [table, ids_T], {"axis": 0}, name=EMBED_GATHER_NODE)
 
 
 def _build_model(
@@ -221,7 +119,99 @@ def _build_model(
         opset_imports={"": OPSET, "com.microsoft": 1},
         name="qwen3_vl_embeddings",
     )
+    # IR 10: the first with INT4 initializers (int4 path) and the last onnxruntime 1.31 loads.
     return ir.Model(graph, ir_version=10, producer_name="builder_qwen3vl")
+
+
+def _float_table(embed_weight: torch.Tensor, np_dtype: type) -> np.ndarray:
+    """[V, H] numpy table in ``np_dtype``; no copy when ``embed_weight`` is already float32 and so is np_dtype."""
+    return embed_weight.detach().to(torch.float32).numpy().astype(np_dtype, copy=False)
+
+
+def _float_lookup(table_VH: np.ndarray, ir_dtype: ir.DataType) -> Callable[[ir_tape.Tape, ir.Value], ir.Value]:
+    def lookup(t: ir_tape.Tape, ids_T: ir.Value) -> ir.Value:
+        rows = _lookup_float(t, ids_T, table_VH)
+        if ir.DataType.from_numpy(table_VH.dtype) == ir_dtype:
+            return rows
+        return t.op("Cast", [rows], {"to": ir_dtype}, name="/embed_tokens/Cast")
+
+    return lookup
+
+
+def _check_block_size(block_size: int) -> None:
+    # GatherBlockQuantized's own constraint; checked here so the message names our argument.
+    if block_size < 16 or block_size & (block_size - 1):
+        raise ValueError(f"block_size: expected a power of two >= 16, got {block_size}")
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    """Hold a chatty logger at WARNING (the quantizer logs one INFO line per node it skips)."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _quantize_table_gather(model: onnx.ModelProto, block_size: int, is_symmetric: bool) -> onnx.ModelProto:
+    """Replace the table Gather with onnxruntime's int4 ``GatherBlockQuantized`` (blocks along H).
+
+    Every other node is excluded by name: the image-row Gather reads a Concat output, which the
+    quantizer would skip anyway, but naming the one node keeps that from depending on its rules.
+    """
+    from onnxruntime.quantization import matmul_nbits_quantizer as mnq
+
+    others = [node.name for node in model.graph.node if node.name != EMBED_GATHER_NODE]
+    config = mnq.DefaultWeightOnlyQuantConfig(
+        block_size=block_size,
+        is_symmetric=is_symmetric,
+        op_types_to_quantize=("Gather",),
+        quant_axes=(("Gather", 1),),  # blocks run along H, so one gathered row needs only its own scales
+    )
+    quantizer = mnq.MatMulNBitsQuantizer(model, nodes_to_exclude=others, algo_config=config)
+    # An all-zero block has scale 0; the quantizer handles it (q = 0) after numpy warns about 0 / 0.
+    with _quiet(mnq.__name__), np.errstate(divide="ignore", invalid="ignore"):
+        quantizer.process()
+    quantized = quantizer.model.model
+    ops = [node.op_type for node in quantized.graph.node]
+    if ops.count("GatherBlockQuantized") != 1 or ops.count("Gather") != 1:
+        raise RuntimeError(f"onnxruntime's quantizer: expected 1 GatherBlockQuantized and 1 Gather, got ops {ops}")
+    return quantized
+
+
+def _measure_int4_error(
+    path: Path, embed_weight: torch.Tensor, image_token_id: int, width: int, np_dtype: type
+) -> tuple[float, float, int]:
+    """(max|err|, relative RMS err, rows) of the written graph's text rows vs ``embed_weight``.
+
+    Runs the saved model itself, so the figures cover both the quantizer and onnxruntime's
+    dequantization. The image token's own row is left out: the graph never returns it.
+    """
+    import onnxruntime as ort
+
+    vocab, hidden = embed_weight.shape
+    if vocab * hidden <= _ERROR_CHECK_ELEMENTS:
+        rows = np.arange(vocab, dtype=np.int64)
+    else:
+        rows = np.unique(np.linspace(0, vocab - 1, _ERROR_CHECK_ELEMENTS // hidden).round().astype(np.int64))
+    rows = rows[rows != image_token_id]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    ids_name, feats_name = io_spec.EMBEDDING.input_names()
+    no_feats = np.zeros((0, width), dtype=np_dtype)
+    chunk = max(1, _ERROR_CHECK_OUTPUT_BYTES // (width * np.dtype(np_dtype).itemsize))
+    max_err, err_sq, ref_sq = 0.0, 0.0, 0.0
+    for start in range(0, len(rows), chunk):
+        ids = rows[start : start + chunk]
+        (out_1RW,) = session.run(None, {ids_name: ids[None], feats_name: no_feats})
+        ref_RH = embed_weight.detach()[torch.from_numpy(ids)].double().numpy()
+        diff_RH = out_1RW[0, :, :hidden].astype(np.float64) - ref_RH
+        max_err = max(max_err, float(np.abs(diff_RH).max(initial=0.0)))
+        err_sq += float((diff_RH**2).sum())
+        ref_sq += float((ref_RH**2).sum())
+    return max_err, (err_sq / ref_sq) ** 0.5 if ref_sq else 0.0, len(rows)
 
 
 def export_embeddings(
@@ -232,13 +222,14 @@ def export_embeddings(
     precision: str = "fp32",
     *,
     io_dtype: str | None = None,
-    int4_block_size: int = 32,
-    int4_symmetric: bool = True,
+    block_size: int = 32,
+    is_symmetric: bool = True,
 ) -> EmbeddingsExport:
     """Write embeddings.onnx (+ embeddings.onnx.data) for the [V, H] table ``embed_weight``.
 
     ``deepstack_layers`` is D: inputs_embeds and image_features are (1 + D) * H wide.
     ``io_dtype`` ("float32"/"float16") must match the decoder's; default: ``default_io_dtype(precision)``.
+    ``block_size`` and ``is_symmetric`` (og's names) only apply to int4.
     """
     if precision not in EMBEDDINGS_PRECISIONS:
         raise ValueError(f"precision: '{precision}' is not one of {', '.join(EMBEDDINGS_PRECISIONS)}")
@@ -252,42 +243,40 @@ def export_embeddings(
     vocab, hidden = embed_weight.shape
     if not 0 <= image_token_id < vocab:
         raise ValueError(f"image_token_id: {image_token_id} is outside the vocabulary [0, {vocab})")
+    if precision == "int4":
+        _check_block_size(block_size)
     width = (1 + deepstack_layers) * hidden
     ir_dtype, np_dtype = IO_DTYPES[io_dtype]
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
 
-    q = None
     if precision == "int4":
-        q = quantize_4bit_blockwise(embed_weight, int4_block_size, int4_symmetric)
-        log.info(
-            "embeddings int4 (block %d, %s): max|err| %.3g, relative RMS err %.3g vs the float table",
-            int4_block_size, "symmetric" if int4_symmetric else "asymmetric", q.max_abs_error, q.rel_rms_error,
-        )
-
-        def lookup(t: ir_tape.Tape, ids_T: ir.Value) -> ir.Value:
-            return _lookup_int4(t, ids_T, q, np_dtype)
+        # The quantizer works on a ModelProto: build the float graph in the io dtype (so scales and
+        # output need no Cast) and let the float model go as soon as it is serialized. Memory: the
+        # quantizer holds the table twice (proto bytes + its numpy copy) plus int8 codes; measured peak
+        # 3.3 GB above the caller's table for the 2B table (1.24 GB in float32), i.e. ~2.7x.
+        proto = ir.to_proto(_build_model(_float_lookup(_float_table(embed_weight, np_dtype), ir_dtype),
+                                         hidden, width, image_token_id, ir_dtype, np_dtype))
+        start = time.perf_counter()
+        proto = _quantize_table_gather(proto, block_size, is_symmetric)
+        log.info("embeddings int4: onnxruntime quantizer took %.1f s", time.perf_counter() - start)
+        model = ir.from_proto(proto)
+        del proto
     else:
         table_dtype = np.float16 if precision == "fp16" else np.float32
-        table_VH = embed_weight.detach().to(torch.float32).numpy().astype(table_dtype, copy=False)
         if table_dtype != np_dtype:  # e.g. an fp32 table on a float16 stream
             log.warning("embeddings: %s table on a %s stream; the Gather output is cast", precision, io_dtype)
-
-        def lookup(t: ir_tape.Tape, ids_T: ir.Value) -> ir.Value:
-            rows = _lookup_float(t, ids_T, table_VH)
-            if table_dtype == np_dtype:
-                return rows
-            return t.op("Cast", [rows], {"to": ir_dtype}, name="/embed_tokens/Cast")
-
-    model = _build_model(lookup, hidden, width, image_token_id, ir_dtype, np_dtype)
-    path.parent.mkdir(parents=True, exist_ok=True)
+        lookup = _float_lookup(_float_table(embed_weight, table_dtype), ir_dtype)
+        model = _build_model(lookup, hidden, width, image_token_id, ir_dtype, np_dtype)
     ir.save(model, path, external_data=path.name + ".data")
+    del model
     log.info("wrote %s (%s, width %d = (1 + %d) x %d)", path, precision, width, deepstack_layers, hidden)
-    return EmbeddingsExport(
-        path=path,
-        precision=precision,
-        io_dtype=io_dtype,
-        hidden_size=hidden,
-        width=width,
-        int4_max_abs_error=q.max_abs_error if q else None,
-        int4_rel_rms_error=q.rel_rms_error if q else None,
+    export = EmbeddingsExport(path=path, precision=precision, io_dtype=io_dtype, hidden_size=hidden, width=width)
+    if precision != "int4":
+        return export
+    max_err, rel_rms, rows = _measure_int4_error(path, embed_weight, image_token_id, width, np_dtype)
+    log.info(
+        "embeddings int4 (block %d, %s) vs the float table over %d of %d rows: max|err| %.3g, relative RMS err %.3g",
+        block_size, "symmetric" if is_symmetric else "asymmetric", rows, vocab, max_err, rel_rms,
     )
+    return dataclasses.replace(export, int4_max_abs_error=max_err, int4_rel_rms_error=rel_rms, int4_error_rows=rows)
