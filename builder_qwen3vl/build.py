@@ -15,6 +15,7 @@ from . import genai_config, io_spec
 from .checkpoint import Checkpoint, read_checkpoint
 from .weights import load_prefix, load_tensors
 from .options import BuildOptions
+from .logs import heartbeat
 from .output_folder import check_output_folder, staged_output
 
 if TYPE_CHECKING:
@@ -28,7 +29,8 @@ def step(name: str) -> Iterator[None]:
     """Log one line per build step with its duration."""
     start = time.perf_counter()
     log.info("%s ...", name)
-    yield
+    with heartbeat(name):  # long steps (og build + quantization, torch export) log "still running" lines
+        yield
     log.info("%s done in %.1f s", name, time.perf_counter() - start)
 
 

@@ -1,16 +1,26 @@
-"""Command line: parses arguments and calls ``build``; nothing else lives here."""
+"""Command line: parses arguments and calls ``build`` / ``verify_bundle``; nothing else lives here.
+
+    python -m builder_qwen3vl -i CKPT -o OUT [-p int4] [--verify]     build a bundle
+    python -m builder_qwen3vl verify OUT [--static-only]             check a bundle
+
+Exit codes: 0 success; 2 bad input or usage (the message names the file or option); 1 a failure
+while building or verifying (including a full disk); 130 Ctrl-C; 143 SIGTERM (docs/errors.md).
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from pathlib import Path
 
-from .build import build
 from .errors import BuildError
+from .logs import configure_logging
 from .options import EXECUTION_PROVIDERS, OWN_EXTRA_OPTIONS, PRECISIONS, BuildOptions, parse_extra_options
 
 log = logging.getLogger("builder_qwen3vl")
+
+VERIFY_COMMAND = "verify"
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -18,6 +28,7 @@ def make_parser() -> argparse.ArgumentParser:
         prog="builder-qwen3vl",
         description="Build an onnxruntime-genai bundle (vision, embeddings, DeepStack decoder, configs) "
         "from a Hugging Face Qwen3-VL checkpoint folder.",
+        epilog=f"To check an existing bundle: python -m builder_qwen3vl {VERIFY_COMMAND} BUNDLE [--static-only]",
     )
     p.add_argument("-i", "--input", required=True, help="HF checkpoint folder (config.json, safetensors, tokenizer)")
     p.add_argument("-o", "--output", required=True, help="bundle folder to write")
@@ -31,41 +42,83 @@ def make_parser() -> argparse.ArgumentParser:
         + ". Unknown keys are rejected with the full list.",
     )
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
-    p.add_argument("-v", "--verbose", action="store_true", help="show og builder and onnxruntime output")
+    p.add_argument("--verify", action="store_true", help=f"run `{VERIFY_COMMAND}` on the bundle after building it")
+    p.add_argument("-v", "--verbose", action="store_true", help="show og builder, onnxruntime and torch output")
+    return p
+
+
+def make_verify_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=f"builder-qwen3vl {VERIFY_COMMAND}",
+        description="Check a bundle: files, ONNX inputs/outputs, DeepStack widths, then a short og generation "
+        "on a generated image and on text only.",
+    )
+    p.add_argument("bundle", help="bundle folder (with genai_config.json)")
+    p.add_argument("--static-only", action="store_true", help="skip the og generation (e.g. fp16 bundles on CPU)")
+    p.add_argument("--max-new-tokens", type=int, default=4, help="tokens to generate per prompt (default 4)")
+    p.add_argument("-v", "--verbose", action="store_true", help="show other libraries' output")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == [VERIFY_COMMAND]:
+        args = make_verify_parser().parse_args(argv[1:])
+        configure_logging(args.verbose)
+        return _guarded(lambda: _verify(Path(args.bundle), run=not args.static_only, max_new_tokens=args.max_new_tokens))
     args = make_parser().parse_args(argv)
-    # Our steps at INFO; other libraries (og builder, onnxruntime quantizer, torch export) only with -v.
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s" if args.verbose else "%(message)s",
+    configure_logging(args.verbose)
+    return _guarded(lambda: _build(args))
+
+
+def _build(args: argparse.Namespace) -> int:
+    from .build import build
+
+    options = BuildOptions(
+        input=args.input,
+        output=args.output,
+        precision=args.precision,
+        execution_provider=args.execution_provider,
+        cache_dir=args.cache_dir,
+        extra_options=parse_extra_options(args.extra_options),
+        overwrite=args.overwrite,
+        verbose=args.verbose,
     )
-    log.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    out = build(options)
+    if not args.verify:
+        return 0
+    code = _verify(out, run=True)
+    if code == 0:
+        log.info("bundle verified: %s; run it: python examples/chat.py -m %s --image IMAGE", out, out)
+    return code
+
+
+def _verify(bundle: Path, *, run: bool, max_new_tokens: int = 4) -> int:
+    from .verify import verify_bundle
+
+    report = verify_bundle(bundle, run=run, max_new_tokens=max_new_tokens)
+    for line in report.lines()[:-1]:
+        log.info("%s", line)
+    log.info("%s", report.lines()[-1])
+    report.raise_for_failure()
+    return 0
+
+
+def _guarded(action) -> int:
+    """Run ``action``; turn every failure into one line and an exit code."""
     try:
-        options = BuildOptions(
-            input=args.input,
-            output=args.output,
-            precision=args.precision,
-            execution_provider=args.execution_provider,
-            cache_dir=args.cache_dir,
-            extra_options=parse_extra_options(args.extra_options),
-            overwrite=args.overwrite,
-            verbose=args.verbose,
-        )
-        build(options)
+        return action()
     except BuildError as e:
         log.error("error: %s", e)
         return e.exit_code
+    except KeyboardInterrupt:
+        log.error("interrupted: stopped; a partial bundle, if any, was removed")
+        return 130
     except Exception as e:  # an internal failure: one line by default, the traceback with -v
         log.debug("traceback", exc_info=True)
-        log.error("internal error: %s: %s (run with -v for the traceback)", type(e).__name__, e)
+        first_line = (str(e).strip().splitlines() or [""])[0]
+        log.error("internal error: %s: %s (run with -v for the traceback)", type(e).__name__, first_line)
         return 1
-    except KeyboardInterrupt:
-        log.error("interrupted: no bundle written")
-        return 130
-    return 0
 
 
 if __name__ == "__main__":

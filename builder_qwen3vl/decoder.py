@@ -34,6 +34,7 @@ from types import ModuleType
 from typing import Any
 
 from . import io_spec
+from .errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +225,29 @@ def _og_option_strings(extra_options: dict[str, Any]) -> list[str]:
     return [f"{key}={text(value)}" for key, value in extra_options.items()]
 
 
+def _drop_repeat_kv_shape_labels(model_path: Path) -> None:
+    """Remove og's value_info for the repeat_kv tensors of its MultiHeadAttention decoders (fp16 on CPU).
+
+    og labels their KV length "sequence_length" where it is past + new tokens; onnxruntime 1.31's
+    memory planner trusts the label and reuses a prefill-sized buffer at the first decode step
+    ("Shape mismatch attempting to re-use buffer"). Without the entries onnxruntime infers the
+    shapes itself. GroupQueryAttention graphs (fp32/int4) have no repeat_kv and are left untouched.
+    """
+    import onnx
+
+    if not model_path.is_file():
+        return
+    model = onnx.load(str(model_path), load_external_data=False)
+    keep = [info for info in model.graph.value_info if "/repeat_kv/" not in info.name]
+    dropped = len(model.graph.value_info) - len(keep)
+    if not dropped:
+        return
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(keep)
+    onnx.save(model, str(model_path))
+    log.debug("decoder: dropped %d repeat_kv value_info entries (KV length mislabelled by og)", dropped)
+
+
 def build_decoder(
     input_dir: str | Path,
     output_dir: str | Path,
@@ -250,9 +274,13 @@ def build_decoder(
             cache_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="og_cache_"))
         cache_dir = str(cache_dir)
         with _og_output_to_debug_log():
-            prepared = builder.parse_extra_options(
-                None, input_dir, output_dir, precision, execution_provider, cache_dir, _og_option_strings(options)
-            )
+            try:
+                prepared = builder.parse_extra_options(
+                    None, input_dir, output_dir, precision, execution_provider, cache_dir, _og_option_strings(options)
+                )
+            except ValueError as e:  # og validates option values here: a user input error
+                given = " ".join(_og_option_strings(extra_options or {})) or "none"
+                raise InputError(f"og builder rejected the settings: {e} (--extra_options given: {given})") from e
             effective = prepared.pop("_effective_builder_config", None)
             precision = effective.precision if effective is not None else precision
             hf_details = prepared.pop("hf_details")
@@ -263,13 +291,18 @@ def build_decoder(
             io_dtype = builder.set_io_dtype(precision, execution_provider, prepared)
             onnx_dtype = builder.set_onnx_dtype(precision, prepared)
             deepstack_layers = len(config.vision_config.deepstack_visual_indexes)
-            model = _make_model_class()(
-                config, io_dtype, onnx_dtype, execution_provider, cache_dir, prepared,
-                deepstack_layers=deepstack_layers, apply_deepstack=deepstack,
-            )
+            try:
+                model = _make_model_class()(
+                    config, io_dtype, onnx_dtype, execution_provider, cache_dir, prepared,
+                    deepstack_layers=deepstack_layers, apply_deepstack=deepstack,
+                )
+            except ValueError as e:  # og converts option values here (e.g. int(block_size)): a user input error
+                given = " ".join(_og_option_strings(extra_options or {})) or "none"
+                raise InputError(f"og builder rejected the settings: {e} (--extra_options given: {given})") from e
             Path(output_dir).mkdir(parents=True, exist_ok=True)
             model.make_model(input_dir)
             model.save_model(output_dir)
+            _drop_repeat_kv_shape_labels(Path(output_dir) / io_spec.DECODER_FILENAME)
             model.make_genai_config(config, hf_details["extra_kwargs"], output_dir)
     genai = json.loads((Path(output_dir) / "genai_config.json").read_text())
     build = DecoderBuild(

@@ -73,6 +73,24 @@ def validate_extra_options(options: dict[str, Any]) -> None:
             raise InputError(f"--extra_options: {key}={value} is not one of {', '.join(allowed)}")
 
 
+def validate_combination(precision: str, execution_provider: str, extra_options: dict[str, Any]) -> None:
+    """Reject precision / EP / extra-option combinations the bundle cannot honour, before any work starts.
+
+    og's builder itself accepts every -p fp32|fp16|int4 x -e cpu|cuda|dml|webgpu pair, so those all pass.
+    """
+    if str(extra_options.get("use_cuda_bf16", "false")).lower() in ("true", "1"):
+        raise InputError(
+            f"--extra_options use_cuda_bf16={extra_options['use_cuda_bf16']}: bfloat16 inputs/outputs are not supported "
+            "(embeddings.onnx and vision_encoder.onnx are float32 or float16); expected use_cuda_bf16=false"
+        )
+    from .decoder import translate_int4_aliases
+
+    try:
+        translate_int4_aliases(extra_options)
+    except ValueError as e:
+        raise InputError(f"--extra_options: {e}") from e
+
+
 @dataclass
 class BuildOptions:
     """Everything ``build`` needs; the CLI fills it from argv, Python callers construct it directly."""
@@ -98,6 +116,7 @@ class BuildOptions:
                 f"-e/--execution_provider: '{self.execution_provider}' is not one of {', '.join(EXECUTION_PROVIDERS)}"
             )
         validate_extra_options(self.extra_options)
+        validate_combination(self.precision, self.execution_provider, self.extra_options)
 
     def own_option(self, key: str, default: str) -> str:
         return str(self.extra_options.get(key, default)).lower()

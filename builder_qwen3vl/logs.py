@@ -1,0 +1,99 @@
+"""Console logging for the command line: our steps at INFO, third-party chatter only with -v.
+
+torch installs its own handlers on the ``torch`` loggers (they do not propagate), so quieting
+them takes torch's own switch (``TORCH_LOGS`` before import, ``set_logs`` after); Python
+``warnings`` raised inside torch/transformers/onnx (FutureWarning, DeprecationWarning) are
+dropped at default verbosity and routed to the log with -v.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+
+PACKAGE_LOGGER = "builder_qwen3vl"
+_HANDLER_MARK = "_builder_qwen3vl_handler"
+# A step that runs longer than this gets "still running" lines, so a long export never looks hung.
+HEARTBEAT_SECONDS = 10.0
+
+log = logging.getLogger(PACKAGE_LOGGER)
+
+
+def configure_logging(verbose: bool) -> None:
+    """Route our messages to stderr; show other libraries' logs and warnings only when ``verbose``.
+
+    Safe to call more than once (tests call the CLI's ``main`` repeatedly): it replaces the
+    handlers it installed before.
+    """
+    root = logging.getLogger()
+    for logger in (log, root):
+        for handler in [h for h in logger.handlers if getattr(h, _HANDLER_MARK, False)]:
+            logger.removeHandler(handler)
+    if verbose:
+        _add_handler(root, logging.DEBUG, "%(asctime)s %(levelname)s %(name)s: %(message)s")
+        root.setLevel(logging.DEBUG)
+        log.setLevel(logging.DEBUG)
+        logging.captureWarnings(True)
+        return
+    log.setLevel(logging.INFO)
+    log.propagate = True  # so callers' own handlers (pytest's caplog, an application's log file) still see us
+    _add_handler(log, logging.INFO, "%(message)s")
+    # Other libraries: errors only (their warnings would otherwise interleave with our step lines).
+    others = _add_handler(root, logging.ERROR, "%(levelname)s %(name)s: %(message)s")
+    others.addFilter(lambda record: not record.name.startswith(PACKAGE_LOGGER))  # ours printed above already
+    warnings.filterwarnings("ignore")
+    _quiet_torch()
+    _quiet_transformers()
+
+
+def _add_handler(logger: logging.Logger, level: int, fmt: str) -> logging.Handler:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(level)
+    handler.setFormatter(logging.Formatter(fmt))
+    setattr(handler, _HANDLER_MARK, True)
+    logger.addHandler(handler)
+    return handler
+
+
+def _quiet_transformers() -> None:
+    # e.g. "[transformers] Model config: bos_token_id must be ..." (transformers has its own handler).
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if "transformers" in sys.modules:
+        with contextlib.suppress(Exception):
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.set_verbosity_error()
+
+
+def _quiet_torch() -> None:
+    # e.g. "torchvision is not installed. Skipping torchvision::nms" from torch.onnx's registry.
+    if "torch" in sys.modules:  # already configured from the environment: its child loggers inherit "torch"
+        logging.getLogger("torch").setLevel(logging.ERROR)
+    else:
+        os.environ.setdefault("TORCH_LOGS", "-all")
+
+
+@contextlib.contextmanager
+def heartbeat(name: str, every: float = HEARTBEAT_SECONDS, logger: logging.Logger | None = None) -> Iterator[None]:
+    """Log "<name> still running (N s)" every ``every`` seconds until the block ends."""
+    logger = logger or log
+    done = threading.Event()
+    start = time.perf_counter()
+
+    def beat() -> None:
+        while not done.wait(every):
+            logger.info("%s still running (%.0f s)", name, time.perf_counter() - start)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat:{name}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
