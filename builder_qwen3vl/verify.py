@@ -486,8 +486,8 @@ def _run_check(bundle: Path, report: VerifyReport, facts: dict[str, Any], max_ne
 
 def _fp16_cpu_hint(facts: dict[str, Any]) -> str:
     if facts.get("io_dtype") == "float16" and "cpu" in facts.get("provider", []):
-        return (" [fp16 bundles do not run on the CPU execution provider with onnxruntime 1.31 (see docs/errors.md); "
-                "the static checks passed: use `verify --static-only`, or build with -p fp32 / int4 for CPU]")
+        return (" [an fp16 decoder on the CPU: if the error is 'Shape mismatch attempting to re-use buffer', the bundle "
+                "was built without builder_qwen3vl's repeat_kv fix (docs/errors.md); rebuild it, or use -p fp32 / int4]")
     return ""
 
 
