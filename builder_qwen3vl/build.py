@@ -16,6 +16,7 @@ from .checkpoint import Checkpoint, read_checkpoint
 from .weights import load_prefix, load_tensors
 from .options import BuildOptions
 from .logs import heartbeat
+from .subprocess_step import run_in_child
 from .output_folder import check_output_folder, staged_output
 
 if TYPE_CHECKING:
@@ -65,14 +66,28 @@ def write_configs(ckpt: Checkpoint, options: BuildOptions, out: Path, og_genai: 
         shutil.copy2(path, out / path.name)
 
 
+# Checkpoints at least this large build the decoder in a child process: og's builder keeps the whole
+# HF model and its quantized copies (13 GiB at the 2B shape), and glibc does not give that memory back
+# to the OS, so in-process the embeddings and vision exports would stack on top of it. Small checkpoints
+# stay in-process, where a child's start-up (re-importing torch and og, seconds) would dominate.
+ISOLATE_DECODER_BYTES = 1 << 30
+
+
 def _build_decoder(ckpt: Checkpoint, options: BuildOptions, out: Path) -> DecoderBuild:
     from .decoder import build_decoder
 
-    return build_decoder(
-        ckpt.folder, out, options.precision, options.execution_provider,
-        cache_dir=options.cache_dir, extra_options=options.og_extra_options,
-        deepstack=options.own_option("deepstack", "true") == "true",
+    kwargs = dict(
+        input_dir=ckpt.folder, output_dir=out, precision=options.precision,
+        execution_provider=options.execution_provider, cache_dir=options.cache_dir,
+        extra_options=options.og_extra_options, deepstack=options.own_option("deepstack", "true") == "true",
     )
+    if checkpoint_bytes(ckpt) < ISOLATE_DECODER_BYTES:
+        return build_decoder(**kwargs)
+    return run_in_child(build_decoder, kwargs, verbose=options.verbose)
+
+
+def checkpoint_bytes(ckpt: Checkpoint) -> int:
+    return sum(p.stat().st_size for p in {info.file for info in ckpt.tensors.values()})
 
 
 def _export_embeddings(ckpt: Checkpoint, options: BuildOptions, out: Path, io_dtype: str) -> None:

@@ -116,3 +116,24 @@ def test_no_staging_folder_left_after_failure(small_ckpt: Path, tmp_path: Path, 
     code, text = _run(capsys, caplog, "-i", str(small_ckpt), "-o", str(tmp_path / "out"))
     assert code == 1 and "simulated exporter failure" in text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_decoder_step_in_child_process(tmp_path: Path, monkeypatch) -> None:
+    """Large checkpoints build the decoder in a child process (memory back to the OS); force that path on
+    a tiny checkpoint: the bundle must be the same as the in-process one, and child errors must surface."""
+    import importlib
+
+    from builder_qwen3vl import BuildOptions, build
+    from builder_qwen3vl.errors import InputError
+    from builder_qwen3vl.testing.checkpoints import tiny_config, write_checkpoint
+
+    build_module = importlib.import_module("builder_qwen3vl.build")
+    ckpt = write_checkpoint(tmp_path / "ckpt", tiny_config())
+    build(BuildOptions(input=ckpt, output=tmp_path / "inproc", precision="fp32"))
+    monkeypatch.setattr(build_module, "ISOLATE_DECODER_BYTES", 0)
+    build(BuildOptions(input=ckpt, output=tmp_path / "child", precision="fp32"))
+    for name in ("model.onnx", "model.onnx.data", "genai_config.json"):
+        assert (tmp_path / "inproc" / name).read_bytes() == (tmp_path / "child" / name).read_bytes(), name
+    with pytest.raises(InputError, match="og builder rejected the settings"):
+        build(BuildOptions(input=ckpt, output=tmp_path / "bad", precision="int4", extra_options={"block_size": "abc"}))
+    assert not (tmp_path / "bad").exists()

@@ -1,0 +1,235 @@
+"""Phases that run our bundle: vision encoder (onnxruntime), og runtime TTFT and decode, and the
+plain onnxruntime decode loop used to compare our model.onnx with the og builder's text decoder."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common import IMAGE_SIZES, IMAGE_TAG, Settings, question_text, random_pixel_values, test_image, text_prompt_ids, timed
+
+ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
+
+
+def _session(path: Path, threads: int, profile: str | None = None):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    if profile:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def benchmark_images(settings: Settings) -> list[dict[str, Any]]:
+    """The two benchmark images, already at HF's target size (so og's and HF's grids agree)."""
+    from PIL import Image
+
+    from builder_qwen3vl.resize import hf_grid, resize_for_og
+
+    out = []
+    for width, height in IMAGE_SIZES:
+        raw = test_image(Path(settings.work) / "images" / f"raw_{width}x{height}.png", width, height)
+        path = Path(settings.work) / "images" / f"image_{width}x{height}.png"
+        if not path.exists():
+            with Image.open(raw) as img:
+                resize_for_og(img.convert("RGB")).save(path)
+        grid = hf_grid(height, width)
+        out.append({"name": f"{width}x{height}", "path": str(path), "grid_thw": list(grid), "patches": grid[0] * grid[1] * grid[2]})
+    return out
+
+
+def vision_ours(settings: Settings) -> dict[str, Any]:
+    sess = _session(settings.bundle / "vision_encoder.onnx", settings.threads)
+    patch_dim = int(sess.get_inputs()[0].shape[1]) if isinstance(sess.get_inputs()[0].shape[1], int) else 1536
+    results = {}
+    for image in benchmark_images(settings):
+        pixels = random_pixel_values(tuple(image["grid_thw"]), patch_dim)
+        grid = np.array([image["grid_thw"]], dtype=np.int64)
+        feed = {"pixel_values": pixels, "image_grid_thw": grid}
+        t = timed(lambda: sess.run(None, feed), settings.repeats, warmup=1)
+        t["patches"] = image["patches"]
+        t["patches_per_s"] = image["patches"] / t["median_s"]
+        results[image["name"]] = t
+    return {"images": results}
+
+
+def _og_prompt(og, model, question: str) -> str:
+    tokenizer = og.Tokenizer(model)
+    messages = [{"role": "user", "content": IMAGE_TAG + question}]
+    return tokenizer.apply_chat_template(messages=json.dumps(messages), add_generation_prompt=True)
+
+
+def ttft_og(settings: Settings) -> dict[str, Any]:
+    """Processor + vision + embeddings + prefill + first token, through og's own API (as examples/chat.py)."""
+    import onnxruntime_genai as og
+
+    model = og.Model(str(settings.bundle))
+    tokenizer = og.Tokenizer(model)
+    question = question_text(lambda s: list(tokenizer.encode(s)))
+    prompt = _og_prompt(og, model, question)
+    processor = model.create_multimodal_processor()
+    results: dict[str, Any] = {"question": question}
+    for image in benchmark_images(settings):
+        first_token = []
+
+        def once() -> None:
+            inputs = processor(prompt, images=og.Images.open(image["path"]))
+            params = og.GeneratorParams(model)
+            n = inputs["input_ids"].as_numpy().shape[-1]
+            params.set_search_options(do_sample=False, max_length=n + 1)
+            gen = og.Generator(model, params)
+            gen.set_inputs(inputs)
+            gen.generate_next_token()
+            first_token.append(int(gen.get_next_tokens()[0]))
+
+        inputs = processor(prompt, images=og.Images.open(image["path"]))
+        ids = inputs["input_ids"].as_numpy().astype(np.int64)
+        grid = inputs["image_grid_thw"].as_numpy().astype(np.int64)
+        if list(grid[0]) != image["grid_thw"]:
+            raise RuntimeError(f"og grid {grid.tolist()} != HF grid {image['grid_thw']} for {image['path']}")
+        np.savez(Path(settings.work) / f"ttft_inputs_{image['name']}.npz", input_ids=ids, image_grid_thw=grid)
+        t = timed(once, settings.repeats, warmup=1)
+        t.update(prompt_tokens=int(ids.shape[-1]), first_token=first_token[-1])
+        results[image["name"]] = t
+    return results
+
+
+def decode_og(settings: Settings) -> dict[str, Any]:
+    """og runtime on our bundle: text-only prompt of ``ctx`` tokens, then time decode steps."""
+    import onnxruntime_genai as og
+
+    model = og.Model(str(settings.bundle))
+    results = {}
+    for ctx in settings.contexts:
+        ids = text_prompt_ids(ctx)
+        params = og.GeneratorParams(model)
+        params.set_search_options(do_sample=False, max_length=ctx + settings.decode_steps + 2)
+        gen = og.Generator(model, params)
+        start = time.perf_counter()
+        gen.append_tokens(ids)
+        prefill_s = time.perf_counter() - start
+        gen.generate_next_token()  # samples from the prefill logits: no forward pass
+        steps = []
+        for _ in range(settings.decode_steps):
+            start = time.perf_counter()
+            gen.generate_next_token()
+            steps.append(time.perf_counter() - start)
+        med = statistics.median(steps)
+        results[str(ctx)] = {"prefill_s": prefill_s, "step_median_s": med, "tokens_per_s": 1.0 / med, "steps": len(steps)}
+        del gen
+    return results
+
+
+class PlainDecoder:
+    """One model.onnx driven the way og drives it on CPU: IO binding, one KV buffer per layer shared
+    by past_key_values.* and present.* (past_present_share_buffer), GroupQueryAttention taking the
+    sequence lengths from attention_mask."""
+
+    def __init__(self, path: Path, threads: int, max_length: int, profile: str | None = None):
+        import onnxruntime as ort
+
+        self.ort = ort
+        self.sess = _session(path, threads, profile)
+        inputs = {i.name: i for i in self.sess.get_inputs()}
+        self.width = int(inputs["inputs_embeds"].shape[-1])
+        self.io_dtype = ORT_TYPES[inputs["inputs_embeds"].type]
+        self.position_rank = len(inputs["position_ids"].shape)
+        rng = np.random.default_rng(1)
+        self.kv: dict[str, Any] = {}
+        decoder_cfg = json.loads((path.parent / "genai_config.json").read_text())["model"]["decoder"]
+        heads, head_dim = decoder_cfg["num_key_value_heads"], decoder_cfg["head_size"]
+        for name in inputs:
+            if name.startswith("past_key_values."):
+                # Decode cost does not depend on the cached values: random KV instead of a prefill.
+                buf = (rng.standard_normal((1, heads, max_length, head_dim)) * 0.1).astype(self.io_dtype)
+                self.kv[name] = ort.OrtValue.ortvalue_from_numpy(buf)
+        self.vocab = int(self.sess.get_outputs()[0].shape[-1])
+        self.logits = ort.OrtValue.ortvalue_from_numpy(np.zeros((1, 1, self.vocab), dtype=self.io_dtype))
+        self.embeds = (rng.standard_normal((1, 1, self.width))).astype(self.io_dtype)
+
+    def step(self, position: int) -> None:
+        binding = self.sess.io_binding()
+        binding.bind_cpu_input("inputs_embeds", self.embeds)
+        binding.bind_cpu_input("attention_mask", np.ones((1, position + 1), dtype=np.int64))
+        pos = np.full((3, 1, 1) if self.position_rank == 3 else (1, 1), position, dtype=np.int64)
+        binding.bind_cpu_input("position_ids", pos)
+        for name, value in self.kv.items():
+            binding.bind_ortvalue_input(name, value)
+            binding.bind_ortvalue_output(name.replace("past_key_values.", "present."), value)
+        binding.bind_ortvalue_output("logits", self.logits)
+        self.sess.run_with_iobinding(binding)
+
+    def time_steps(self, ctx: int, steps: int) -> float:
+        """Median seconds per decode step at context ``ctx`` (positions ctx .. ctx + steps - 1)."""
+        self.step(ctx)  # warm-up
+        times = []
+        for i in range(steps):
+            start = time.perf_counter()
+            self.step(ctx + i)
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+
+def decode_ort(settings: Settings, rounds: int = 5) -> dict[str, Any]:
+    """Our model.onnx vs the og builder's text-only model.onnx, same loop, interleaved rounds."""
+    steps = settings.decode_steps
+    max_length = max(settings.contexts) + steps + 2
+    models = {"ours": settings.bundle / "model.onnx", "og_text": settings.og_text / "model.onnx"}
+    decoders = {name: PlainDecoder(path, settings.threads, max_length) for name, path in models.items()}
+    results: dict[str, Any] = {name: {} for name in models}
+    for ctx in settings.contexts:
+        per_round: dict[str, list[float]] = {name: [] for name in models}
+        for r in range(rounds):
+            order = list(models) if r % 2 == 0 else list(reversed(models))
+            for name in order:
+                per_round[name].append(decoders[name].time_steps(ctx, steps))
+        for name in models:
+            med = statistics.median(per_round[name])
+            results[name][str(ctx)] = {"step_median_s": med, "tokens_per_s": 1.0 / med, "rounds_s": per_round[name]}
+    results["inputs_embeds_width"] = {name: d.width for name, d in decoders.items()}
+    return results
+
+
+def profile_decode(settings: Settings, ctx: int, steps: int = 16) -> dict[str, Any]:
+    """onnxruntime profile of both decoders at one context: time per op type per step."""
+    out = {}
+    for name, path in {"ours": settings.bundle / "model.onnx", "og_text": settings.og_text / "model.onnx"}.items():
+        prefix = str(Path(settings.work) / f"profile_{name}_{ctx}")
+        dec = PlainDecoder(path, settings.threads, ctx + steps + 2, profile=prefix)
+        dec.time_steps(ctx, steps)
+        trace = dec.sess.end_profiling()
+        events = json.loads(Path(trace).read_text())
+        by_op: dict[str, float] = {}
+        for ev in events:
+            if ev.get("cat") == "Node" and ev.get("name", "").endswith("_kernel_time"):
+                op = ev.get("args", {}).get("op_name", "?")
+                by_op[op] = by_op.get(op, 0.0) + ev["dur"] / 1e3
+        out[name] = {"trace": trace, "ms_per_step_by_op": {k: v / (steps + 1) for k, v in sorted(by_op.items(), key=lambda kv: -kv[1])}}
+    return out
+
+
+def profile_vision(settings: Settings) -> dict[str, Any]:
+    """onnxruntime profile of our vision encoder on the 448x448 grid: ms per op type per call."""
+    image = benchmark_images(settings)[0]
+    prefix = str(Path(settings.work) / "profile_vision")
+    sess = _session(settings.bundle / "vision_encoder.onnx", settings.threads, profile=prefix)
+    pixels = random_pixel_values(tuple(image["grid_thw"]), 1536)
+    feed = {"pixel_values": pixels, "image_grid_thw": np.array([image["grid_thw"]], dtype=np.int64)}
+    calls = 3
+    for _ in range(calls):
+        sess.run(None, feed)
+    trace = sess.end_profiling()
+    by_op: dict[str, float] = {}
+    for ev in json.loads(Path(trace).read_text()):
+        if ev.get("cat") == "Node" and ev.get("name", "").endswith("_kernel_time"):
+            op = ev.get("args", {}).get("op_name", "?")
+            by_op[op] = by_op.get(op, 0.0) + ev["dur"] / 1e3
+    return {"image": image["name"], "trace": trace,
+            "ms_per_call_by_op": {k: v / calls for k, v in sorted(by_op.items(), key=lambda kv: -kv[1])}}
