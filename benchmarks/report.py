@@ -238,7 +238,7 @@ def markdown(s: Settings, r: dict[str, Any], f: dict[str, Any], m: dict[str, Any
           "| image | prompt tokens | ours (og runtime) | HF fp32 generate | ours / HF |", "|---|---|---|---|---|"]
     for name, x in f["images"].items():
         L.append(f"| {name} | {_fmt(x['prompt_tokens'])} | {_fmt(x['ttft_ours_s'])} s | {_fmt(x['ttft_hf_fp32_s'])} s | {_fmt(x['ttft_ratio_ours_over_hf'])} |")
-    L += ["", f"Images are written at HF's target size (builder_qwen3vl.resize) so both processors use the same grid; "
+    L += ["", "Images are written at HF's target size (builder_qwen3vl.resize) so both processors use the same grid; "
           "HF input_ids are og's. Timed repeats: " + "; ".join(
               f"{name}: ours {_n(r, 'ttft_og', name)}, HF {_n(r, 'ttft_hf', name)}" for name in f["images"]) +
           " (one warm-up first, none for HF at the large size).", ""]

@@ -16,9 +16,3 @@ class InputError(BuildError):
     """
 
     exit_code = 2
-
-
-class NotImplementedYet(BuildError):
-    """A part of the bundle whose exporter does not exist yet."""
-
-    exit_code = 1
