@@ -50,9 +50,11 @@ def vision_hf(settings: Settings, dtype: str) -> dict[str, Any]:
         pixels = torch.from_numpy(random_pixel_values(tuple(image["grid_thw"]), patch_dim)).to(visual.dtype)
         grid = torch.tensor([image["grid_thw"]], dtype=torch.long)
 
+        outputs = []
+
         def once() -> None:
             with torch.inference_mode():
-                visual(pixels, grid_thw=grid)
+                outputs[:] = [visual(pixels, grid_thw=grid)]
 
         # bf16 calls take tens of seconds each: no warm-up (one-time costs are small against them).
         warmup = 0 if slow else 1
@@ -60,7 +62,15 @@ def vision_hf(settings: Settings, dtype: str) -> dict[str, Any]:
         t["patches"] = image["patches"]
         t["patches_per_s"] = image["patches"] / t["median_s"]
         results[image["name"]] = t
+        if dtype == "fp32" and outputs:  # the reference for the vision variants' parity (measure_onnx.vision_variants)
+            out = outputs[0]
+            wide = torch.cat([out.pooler_output, *out.deepstack_features], dim=-1).float().numpy()
+            np.save(hf_vision_output_path(settings, image["name"]), wide)
     return {"images": results, "attn_implementation": "sdpa", "dtype": dtype}
+
+
+def hf_vision_output_path(settings: Settings, image_name: str) -> Path:
+    return Path(settings.work) / f"hf_vision_fp32_{image_name}.npy"
 
 
 def load_lm(settings: Settings, dtype: str, attn: str):

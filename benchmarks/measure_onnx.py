@@ -60,6 +60,61 @@ def vision_ours(settings: Settings) -> dict[str, Any]:
     return {"images": results}
 
 
+# Vision weight formats measured next to the bundle's own (-p int4 writes int8): fp16 storage is folded
+# to fp32 at session start (plain sgemm, the fp32 speed ceiling), int4 is the smallest file.
+VISION_VARIANTS = ("fp16", "int4")
+
+
+def vision_variants(settings: Settings) -> dict[str, Any]:
+    """Export the vision encoder with other weight formats; latency, size and parity vs HF fp32 for each.
+
+    Parity: cosine and max|diff| / max|ref| of the [merger | DeepStack] output against HF fp32 (saved by
+    the vision_hf_fp32 phase on the same pixel_values), for the bundle's encoder and each variant.
+    """
+    import torch
+
+    from builder_qwen3vl.build import load_hf_visual
+    from builder_qwen3vl.checkpoint import read_checkpoint
+    from builder_qwen3vl.vision import export_vision_encoder
+    from measure_hf import hf_vision_output_path
+
+    torch.set_num_threads(settings.threads)
+    images = benchmark_images(settings)
+    paths = {"int8": settings.bundle / "vision_encoder.onnx"}
+    export_s = {}
+    visual = None
+    for variant in VISION_VARIANTS:
+        path = Path(settings.work) / f"vision-{variant}" / "vision_encoder.onnx"
+        if not path.exists():
+            visual = visual or load_hf_visual(read_checkpoint(settings.checkpoint))
+            start = time.perf_counter()
+            export_vision_encoder(visual, path, dtype="fp32", weights=variant)
+            export_s[variant] = time.perf_counter() - start
+        paths[variant] = path
+    del visual
+    results: dict[str, Any] = {}
+    for variant, path in paths.items():
+        sess = _session(path, settings.threads)
+        files = [path, path.with_name(path.name + ".data")]
+        entry: dict[str, Any] = {"bytes": sum(f.stat().st_size for f in files if f.exists()), "images": {}}
+        if variant in export_s:
+            entry["export_s"] = export_s[variant]
+        for image in images:
+            pixels = random_pixel_values(tuple(image["grid_thw"]), 1536)
+            feed = {"pixel_values": pixels, "image_grid_thw": np.array([image["grid_thw"]], dtype=np.int64)}
+            out = []
+            t = timed(lambda: out.__setitem__(slice(None), sess.run(None, feed)), settings.repeats, warmup=1)
+            t["patches_per_s"] = image["patches"] / t["median_s"]
+            ref_path = hf_vision_output_path(settings, image["name"])
+            if ref_path.exists():
+                ref, got = np.load(ref_path).astype(np.float64), out[0].astype(np.float64)
+                t["cosine_vs_hf_fp32"] = float((ref * got).sum() / np.sqrt((ref**2).sum() * (got**2).sum()))
+                t["max_rel_diff_vs_hf_fp32"] = float(np.abs(ref - got).max() / np.abs(ref).max())
+            entry["images"][image["name"]] = t
+        results[variant] = entry
+    return {"variants": results}
+
+
 def _og_prompt(og, model, question: str) -> str:
     tokenizer = og.Tokenizer(model)
     messages = [{"role": "user", "content": IMAGE_TAG + question}]

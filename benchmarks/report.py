@@ -33,7 +33,7 @@ def machine() -> dict[str, Any]:
 
 def collect(s: Settings) -> dict[str, Any]:
     names = ("build", "build_og_text", "bandwidth", "files", "vision_ours", "vision_hf_fp32", "vision_hf_bf16",
-             "ttft_og", "ttft_hf", "decode_ort", "decode_og", "decode_hf_fp32", "decode_hf_bf16", "profile_decode")
+             "vision_variants", "ttft_og", "ttft_hf", "decode_ort", "decode_og", "decode_hf_fp32", "decode_hf_bf16", "profile_decode")
     return {n: read_result(s, n) for n in names}
 
 
@@ -233,6 +233,21 @@ def markdown(s: Settings, r: dict[str, Any], f: dict[str, Any], m: dict[str, Any
         f"{name}: ours {_n(r, 'vision_ours', 'images', name)}, HF fp32 {_n(r, 'vision_hf_fp32', 'images', name)}, "
         f"HF bf16 {_n(r, 'vision_hf_bf16', 'images', name)}" for name in f["images"]) +
         ". One untimed warm-up before each (none for HF bf16, whose calls take tens of seconds: no bf16 units on this CPU).", ""]
+
+    variants = _get(r, "vision_variants", "variants") or {}
+    hf_pps = {name: x["vision_hf_fp32_pps"] for name, x in f["images"].items()}
+    if variants:
+        L += ["### Vision weight formats (same pixel_values; parity of the [merger | DeepStack] output vs HF fp32)", "",
+              "| weights | file | image | latency | patches/s | / HF fp32 | cosine vs HF fp32 | max|diff| / max|ref| |",
+              "|---|---|---|---|---|---|---|---|"]
+        labels = {"int8": "int8 MatMulNBits (the bundle's, `-p int4` default)",
+                  "fp16": "fp16 stored, fp32 compute (`vision_precision=fp16`)", "int4": "int4 MatMulNBits (`vision_precision=int4`)"}
+        for variant, entry in variants.items():
+            for name, x in entry["images"].items():
+                L.append(f"| {labels.get(variant, variant)} | {entry['bytes'] / 1e6:,.0f} MB | {name} | {_fmt(x['median_s'], 3)} s | "
+                         f"{_fmt(x['patches_per_s'], 0)} | {_fmt(_ratio(x['patches_per_s'], hf_pps.get(name)))}x | "
+                         f"{_fmt(x.get('cosine_vs_hf_fp32'), 6)} | {_fmt(x.get('max_rel_diff_vs_hf_fp32'), 4)} |")
+        L += ["", f"Median of {s.repeats} calls after one warm-up, each variant in turn in one process (vision_variants phase).", ""]
 
     L += ["## Time to first token (image + 32-token question; processor, vision, embeddings, prefill, first token)", "",
           "| image | prompt tokens | ours (og runtime) | HF fp32 generate | ours / HF |", "|---|---|---|---|---|"]

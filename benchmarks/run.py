@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # (phase, runs in a child, needs) in run order; heavy HF phases one at a time.
 PHASES = (
-    "build", "build_og_text", "bandwidth", "files", "vision_ours", "vision_hf_fp32", "vision_hf_bf16",
+    "build", "build_og_text", "bandwidth", "files", "vision_ours", "vision_hf_fp32", "vision_hf_bf16", "vision_variants",
     "ttft_og", "ttft_hf", "decode_ort", "decode_og", "decode_hf_fp32", "decode_hf_bf16", "profile_decode",
 )
 
@@ -152,6 +152,8 @@ def child_phase(name: str, s: Settings) -> dict[str, Any]:
         return measure_machine.bandwidth(s.threads)
     if name == "vision_ours":
         return measure_onnx.vision_ours(s)
+    if name == "vision_variants":
+        return measure_onnx.vision_variants(s)
     if name.startswith("vision_hf_"):
         return measure_hf.vision_hf(s, name.rsplit("_", 1)[1])
     if name == "ttft_og":

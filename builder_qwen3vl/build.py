@@ -81,7 +81,9 @@ def _build_decoder(ckpt: Checkpoint, options: BuildOptions, out: Path) -> Decode
         execution_provider=options.execution_provider, cache_dir=options.cache_dir,
         extra_options=options.og_extra_options, deepstack=options.own_option("deepstack", "true") == "true",
     )
-    if checkpoint_bytes(ckpt) < ISOLATE_DECODER_BYTES:
+    large = checkpoint_bytes(ckpt) >= ISOLATE_DECODER_BYTES
+    kwargs["spill_before_quantizing"] = large  # 2B int4: 13.1 -> see docs/benchmarks.md
+    if not large:
         return build_decoder(**kwargs)
     return run_in_child(build_decoder, kwargs, verbose=options.verbose)
 
@@ -91,12 +93,17 @@ def checkpoint_bytes(ckpt: Checkpoint) -> int:
 
 
 def _export_embeddings(ckpt: Checkpoint, options: BuildOptions, out: Path, io_dtype: str) -> None:
-    from .embeddings import export_embeddings
+    from .embeddings import export_embeddings, find_shared_int4_table
 
     table = load_tensors(ckpt, ["model.language_model.embed_tokens.weight"])["model.language_model.embed_tokens.weight"]
+    precision = options.own_option("embeddings_precision", options.precision)
+    shared = None
+    if precision == "int4" and ckpt.config.text.tie_word_embeddings:
+        shared, why = find_shared_int4_table(out / io_spec.DECODER_FILENAME, *table.shape)
+        log.info("embeddings int4: %s", f"reading the tied {why}" if shared else f"own table (cannot share: {why})")
     export_embeddings(
         table, ckpt.config.tokens.image_token_id, ckpt.config.num_deepstack, out / io_spec.EMBEDDING.filename,
-        precision=options.own_option("embeddings_precision", options.precision), io_dtype=io_dtype,
+        precision=precision, io_dtype=io_dtype, shared_table=shared,
     )
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import gc
 import inspect
 import io
 import json
@@ -131,6 +132,7 @@ def _make_model_class() -> type:
             self.apply_deepstack = apply_deepstack
             self.stream_width = (1 + deepstack_layers) * self.hidden_size
             self.deepstack_blocks: list[str] = []  # Split outputs 1..D, set when layer 0 is made
+            self.spill_before_quantizing = False  # see spill_to_disk; build_decoder sets it for large checkpoints
 
         def make_inputs_and_outputs(self):
             self.input_shapes["inputs_embeds"] = ["batch_size", "sequence_length", self.stream_width]
@@ -179,6 +181,19 @@ def _make_model_class() -> type:
             self.make_add(add, [residual, block], dtype, shape=self.make_hidden_state_shape())
             self.layernorm_attrs["root_input"] = f"{add}/output_0"
 
+        def save_model(self, out_dir):
+            if self.spill_before_quantizing and self._quantizes():
+                with tempfile.TemporaryDirectory(prefix="float_decoder_", dir=out_dir) as scratch:
+                    self.model = spill_to_disk(self.model, Path(scratch))
+                    super().save_model(out_dir)
+            else:
+                super().save_model(out_dir)
+
+        def _quantizes(self) -> bool:
+            # og's save_model quantizes (to_nbits) for these dtypes unless the checkpoint came pre-quantized in QDQ
+            nbits = {"INT4", "UINT4", "INT8", "UINT8"}
+            return self.onnx_dtype.name in nbits and not (self.quant_type is not None and self.quant_attrs["use_qdq"])
+
         def make_genai_config(self, config, extra_kwargs, out_dir):
             super().make_genai_config(config, extra_kwargs, out_dir)
             path = Path(out_dir) / "genai_config.json"
@@ -188,6 +203,32 @@ def _make_model_class() -> type:
             path.write_text(json.dumps(genai, indent=4))
 
     return DeepStackQwen3VLTextModel
+
+
+def spill_to_disk(model: Any, folder: Path) -> Any:
+    """Write og's float graph to ``folder`` and return it with every initializer read back lazily from there.
+
+    og's int4 step (``to_nbits``) serialises the whole float model into one protobuf for onnxruntime's
+    quantizer while the checkpoint's memory-mapped tensors are still referenced: for the 2B that peaks at
+    13 GiB. Saved first, the float weights leave memory one tensor at a time (and with them the
+    checkpoint), and the quantizer then reads each weight from the file when it reaches its node.
+    Locations are absolute because onnxruntime's quantizer resolves them without a base folder.
+    """
+    import onnx_ir as ir
+
+    path = folder / "float_model.onnx"
+    ir.save(model, path, external_data="float_model.onnx.data", size_threshold_bytes=0)
+    del model
+    gc.collect()
+    spilled = ir.load(path)
+    for value in spilled.graph.initializers.values():
+        tensor = value.const_value
+        if isinstance(tensor, ir.ExternalTensor):
+            value.const_value = ir.ExternalTensor(
+                folder / tensor.location, tensor.offset, tensor.length, tensor.dtype,
+                shape=tensor.shape, name=tensor.name, base_dir="",
+            )
+    return spilled
 
 
 @dataclass(frozen=True)
@@ -256,12 +297,14 @@ def build_decoder(
     cache_dir: str | Path | None = None,
     extra_options: dict[str, Any] | None = None,
     deepstack: bool = True,
+    spill_before_quantizing: bool = False,
 ) -> DecoderBuild:
     """Build model.onnx (+ model.onnx.data) and og's genai_config.json into ``output_dir``.
 
     ``extra_options`` use og's names (``block_size``, ``accuracy_level``, ...; ``int4_*`` aliases are
     translated). ``deepstack=False`` builds the same wide-input graph without the DeepStack adds
-    (a testing aid: parity against HF must then fail).
+    (a testing aid: parity against HF must then fail). ``spill_before_quantizing`` trades a temporary
+    float copy on disk (inside ``output_dir``) for peak memory during quantization (``spill_to_disk``).
     """
     builder = og_builder()
     options = translate_int4_aliases(extra_options or {})
@@ -300,6 +343,7 @@ def build_decoder(
                 given = " ".join(_og_option_strings(extra_options or {})) or "none"
                 raise InputError(f"og builder rejected the settings: {e} (--extra_options given: {given})") from e
             Path(output_dir).mkdir(parents=True, exist_ok=True)
+            model.spill_before_quantizing = spill_before_quantizing
             model.make_model(input_dir)
             model.save_model(output_dir)
             _drop_repeat_kv_shape_labels(Path(output_dir) / io_spec.DECODER_FILENAME)

@@ -14,6 +14,13 @@ past the end, which onnxruntime reports as an error instead of silently reusing 
 int4: the graph is first built with a plain float Gather on the table, then onnxruntime's own
 weight-only quantizer (``MatMulNBitsQuantizer``, round-to-nearest, blocks along H) turns that one
 node into the ``GatherBlockQuantized`` contrib op, which dequantizes only the gathered rows.
+
+int4 with a tied table (2B, 4B): the decoder's lm_head already holds the same table in int4
+(``MatMulNBits``: uint8 [V, H/block, block/2] codes with an implicit zero point of 8, scales
+[V, H/block]), which is exactly the layout ``GatherBlockQuantized`` reads with uint8 data. Then
+embeddings.onnx quantizes nothing: its two table initializers point into ``model.onnx.data`` at the
+lm_head's offsets (og's own ``shared_embeddings`` option wires the same tensors inside one graph;
+our decoder excludes the embeddings, so the sharing crosses files). 2B: 195 MB less on disk.
 """
 
 from __future__ import annotations
@@ -43,7 +50,9 @@ EMBED_GATHER_NODE = "/embed_tokens/Gather"  # the only node the int4 quantizer m
 # The int4 error is measured by running the written graph; above this many table elements only an evenly
 # spaced sample of rows is run (2B: 8192 of 151936 rows), which keeps the check to a few seconds.
 _ERROR_CHECK_ELEMENTS = 1 << 24
-_ERROR_CHECK_OUTPUT_BYTES = 1 << 26  # per session.run: bounds the [1, rows, W] output chunk to 64 MiB
+_ERROR_CHECK_OUTPUT_BYTES = 1 << 26
+# int4 RTN of a Gaussian table gives ~0.09 relative RMS error; an untied or mis-read table gives ~1.4.
+SHARED_TABLE_MAX_REL_RMS = 0.25  # per session.run: bounds the [1, rows, W] output chunk to 64 MiB
 
 
 @dataclass(frozen=True)
@@ -138,6 +147,88 @@ def _float_lookup(table_VH: np.ndarray, ir_dtype: ir.DataType) -> Callable[[ir_t
     return lookup
 
 
+@dataclass(frozen=True)
+class SharedInt4Table:
+    """Where the decoder's tied int4 lm_head lives, for embeddings.onnx to read in place."""
+
+    location: str  # external-data file name, relative to the bundle folder (model.onnx.data)
+    weight_offset: int  # uint8 codes, V x H/2 bytes
+    weight_length: int
+    scales_offset: int  # V x H/block scales in the io dtype
+    scales_length: int
+    scales_dtype: ir.DataType
+    vocab: int
+    hidden: int
+    block_size: int
+
+
+def find_shared_int4_table(decoder_path: Path, vocab: int, hidden: int) -> tuple[SharedInt4Table | None, str]:
+    """The lm_head's int4 tensors in ``decoder_path`` if embeddings.onnx can read them, else (None, why not).
+
+    Only the layout is checked here (a symmetric 4-bit MatMulNBits of shape V x H without padding,
+    stored as external data); that the table is tied is the caller's knowledge, and the written
+    embeddings graph is run against the float table afterwards in any case.
+    """
+    model = onnx.load(str(decoder_path), load_external_data=False)
+    inits = {t.name: t for t in model.graph.initializer}
+    heads = [n for n in model.graph.node if n.op_type == "MatMulNBits"
+             and {a.name: a.i for a in n.attribute}.get("N") == vocab]
+    if len(heads) != 1:
+        return None, f"expected one MatMulNBits with N = {vocab} (the lm_head), found {len(heads)}"
+    node = heads[0]
+    attrs = {a.name: a.i for a in node.attribute}
+    if attrs.get("bits") != 4 or attrs.get("K") != hidden:
+        return None, f"lm_head {node.name} has bits={attrs.get('bits')} K={attrs.get('K')}, expected 4 and {hidden}"
+    block = attrs.get("block_size", 0)
+    if len(node.input) > 3 and any(node.input[3:]):
+        return None, f"lm_head {node.name} has zero points or g_idx inputs"
+    if block < 16 or hidden % block:
+        return None, f"lm_head block size {block} does not divide hidden size {hidden}"
+    weight, scales = inits.get(node.input[1]), inits.get(node.input[2])
+    if weight is None or scales is None:
+        return None, f"lm_head {node.name} weights are not initializers"
+    expected = {weight.name: vocab * hidden // 2, scales.name: vocab * hidden // block}
+    located = {}
+    for tensor in (weight, scales):
+        info = {e.key: e.value for e in tensor.external_data}
+        if tensor.data_location != onnx.TensorProto.EXTERNAL or "location" not in info:
+            return None, f"{tensor.name} is not stored as external data"
+        if int(np.prod(tensor.dims)) != expected[tensor.name]:
+            return None, f"{tensor.name} has shape {list(tensor.dims)}, expected {expected[tensor.name]} elements"
+        located[tensor.name] = (info["location"], int(info.get("offset", 0)), int(info["length"]))
+    if weight.data_type != onnx.TensorProto.UINT8 or located[weight.name][0] != located[scales.name][0]:
+        return None, f"{weight.name} is not uint8 or its scales are in another file"
+    location = located[weight.name][0]
+    if Path(location).name != location:
+        return None, f"external data location {location!r} is not a file in the bundle folder"
+    return SharedInt4Table(
+        location=location, weight_offset=located[weight.name][1], weight_length=located[weight.name][2],
+        scales_offset=located[scales.name][1], scales_length=located[scales.name][2],
+        scales_dtype=ir.DataType(scales.data_type), vocab=vocab, hidden=hidden, block_size=block,
+    ), f"lm_head {node.name} (block {block})"
+
+
+def _shared_lookup(table: SharedInt4Table, base_dir: Path) -> Callable[[ir_tape.Tape, ir.Value], ir.Value]:
+    def lookup(t: ir_tape.Tape, ids_T: ir.Value) -> ir.Value:
+        codes = ir.ExternalTensor(
+            table.location, table.weight_offset, table.weight_length, ir.DataType.UINT8,
+            shape=ir.Shape([table.vocab, table.hidden // 2]), name="lm_head.MatMul.weight_Q4", base_dir=base_dir,
+        )
+        scales = ir.ExternalTensor(
+            table.location, table.scales_offset, table.scales_length, table.scales_dtype,
+            shape=ir.Shape([table.vocab, table.hidden // table.block_size]), name="lm_head.MatMul.weight_scales",
+            base_dir=base_dir,
+        )
+        # uint8 codes without zero points: GatherBlockQuantized subtracts 8, as MatMulNBits does.
+        return t.op(
+            "GatherBlockQuantized", [t.initializer(codes), ids_T, t.initializer(scales)],
+            {"bits": 4, "block_size": table.block_size, "gather_axis": 0, "quantize_axis": 1},
+            domain="com.microsoft", name="/embed_tokens/GatherBlockQuantized",
+        )
+
+    return lookup
+
+
 def _check_block_size(block_size: int) -> None:
     # GatherBlockQuantized's own constraint; checked here so the message names our argument.
     if block_size < 16 or block_size & (block_size - 1):
@@ -224,12 +315,15 @@ def export_embeddings(
     io_dtype: str | None = None,
     block_size: int = 32,
     is_symmetric: bool = True,
+    shared_table: SharedInt4Table | None = None,
 ) -> EmbeddingsExport:
     """Write embeddings.onnx (+ embeddings.onnx.data) for the [V, H] table ``embed_weight``.
 
     ``deepstack_layers`` is D: inputs_embeds and image_features are (1 + D) * H wide.
     ``io_dtype`` ("float32"/"float16") must match the decoder's; default: ``default_io_dtype(precision)``.
     ``block_size`` and ``is_symmetric`` (og's names) only apply to int4.
+    ``shared_table``: int4 only; read the decoder's tied lm_head in place instead of quantizing
+    ``embed_weight`` (which is then only the reference the written graph is checked against).
     """
     if precision not in EMBEDDINGS_PRECISIONS:
         raise ValueError(f"precision: '{precision}' is not one of {', '.join(EMBEDDINGS_PRECISIONS)}")
@@ -250,7 +344,19 @@ def export_embeddings(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
 
-    if precision == "int4":
+    if precision == "int4" and shared_table is not None:
+        if (shared_table.vocab, shared_table.hidden) != (vocab, hidden):
+            raise ValueError(f"shared_table: lm_head is {shared_table.vocab} x {shared_table.hidden}, table {vocab} x {hidden}")
+        if shared_table.scales_dtype != ir_dtype:
+            raise ValueError(f"shared_table: lm_head scales are {shared_table.scales_dtype.name}, io dtype is {io_dtype}")
+        block_size, is_symmetric = shared_table.block_size, True
+        model = _build_model(_shared_lookup(shared_table, path.parent), hidden, width, image_token_id, ir_dtype, np_dtype)
+        data_path = path.with_name(path.name + ".data")
+        if data_path.exists():
+            data_path.unlink()
+        ir.save(model, path)  # no external_data argument: the ExternalTensors keep pointing at the decoder's file
+        del model
+    elif precision == "int4":
         # The quantizer works on a ModelProto: build the float graph in the io dtype (so scales and
         # output need no Cast) and let the float model go as soon as it is serialized. Memory: the
         # quantizer holds the table twice (proto bytes + its numpy copy) plus int8 codes; measured peak
@@ -268,15 +374,23 @@ def export_embeddings(
             log.warning("embeddings: %s table on a %s stream; the Gather output is cast", precision, io_dtype)
         lookup = _float_lookup(_float_table(embed_weight, table_dtype), ir_dtype)
         model = _build_model(lookup, hidden, width, image_token_id, ir_dtype, np_dtype)
-    ir.save(model, path, external_data=path.name + ".data")
-    del model
+    if not (precision == "int4" and shared_table is not None):
+        ir.save(model, path, external_data=path.name + ".data")
+        del model
     log.info("wrote %s (%s, width %d = (1 + %d) x %d)", path, precision, width, deepstack_layers, hidden)
     export = EmbeddingsExport(path=path, precision=precision, io_dtype=io_dtype, hidden_size=hidden, width=width)
     if precision != "int4":
         return export
     max_err, rel_rms, rows = _measure_int4_error(path, embed_weight, image_token_id, width, np_dtype)
     log.info(
-        "embeddings int4 (block %d, %s) vs the float table over %d of %d rows: max|err| %.3g, relative RMS err %.3g",
-        block_size, "symmetric" if is_symmetric else "asymmetric", rows, vocab, max_err, rel_rms,
+        "embeddings int4 (block %d, %s%s) vs the float table over %d of %d rows: max|err| %.3g, relative RMS err %.3g",
+        block_size, "symmetric" if is_symmetric else "asymmetric",
+        f", shared with the lm_head in {shared_table.location}" if shared_table else "", rows, vocab, max_err, rel_rms,
     )
+    if shared_table is not None and rel_rms > SHARED_TABLE_MAX_REL_RMS:
+        path.unlink()
+        raise RuntimeError(
+            f"{path.name}: the lm_head in {shared_table.location} is not the embedding table in int4 "
+            f"(relative RMS error {rel_rms:.3g} > {SHARED_TABLE_MAX_REL_RMS}); is the checkpoint really tied?"
+        )
     return dataclasses.replace(export, int4_max_abs_error=max_err, int4_rel_rms_error=rel_rms, int4_error_rows=rows)

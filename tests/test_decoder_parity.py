@@ -115,6 +115,19 @@ def test_reduced_precision_smoke(ckpt, steps, hf_ref, tmp_path: Path, precision:
         assert nbits and {onnx.helper.get_attribute_value(a) for n in nbits for a in n.attribute if a.name == "block_size"} == {64}
 
 
+def test_spilling_before_quantizing_writes_the_same_files(ckpt, tmp_path: Path, monkeypatch) -> None:
+    """The low-memory int4 path (float graph saved to disk, quantizer reads it back) changes nothing in the output."""
+    plain = dec.build_decoder(ckpt, tmp_path / "plain", "int4")
+    spills = []
+    real_spill = dec.spill_to_disk
+    monkeypatch.setattr(dec, "spill_to_disk", lambda model, folder: spills.append(folder) or real_spill(model, folder))
+    spilled = dec.build_decoder(ckpt, tmp_path / "spilled", "int4", spill_before_quantizing=True)
+    assert len(spills) == 1 and not spills[0].exists()  # the float copy was made, and removed afterwards
+    for name in ("model.onnx", "model.onnx.data", "genai_config.json"):
+        assert (plain.path.parent / name).read_bytes() == (spilled.path.parent / name).read_bytes(), name
+    assert sorted(p.name for p in spilled.path.parent.iterdir()) == sorted(p.name for p in plain.path.parent.iterdir())
+
+
 def test_int4_aliases_translate_and_reject_conflicts() -> None:
     assert dec.translate_int4_aliases({"int4_block_size": "64", "fuse_qkv": "false"}) == {"block_size": "64", "fuse_qkv": "false"}
     with pytest.raises(ValueError, match="int4_block_size=64 conflicts with block_size=128"):

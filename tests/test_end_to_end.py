@@ -240,6 +240,10 @@ def test_bundle_without_deepstack_fails_parity(ckpt, cases, hf_one_image_logits,
 
 def test_int4_bundle_generates_and_tracks_hf(ckpt, cases, hf, hf_one_image_logits, tmp_path) -> None:
     bundle = _build(ckpt, tmp_path, "int4")
+    # Untied checkpoint: embeddings.onnx keeps its own int4 table (tests/test_shared_table.py covers tied ones).
+    locations = {e.value for t in onnx.load(str(bundle / "embeddings.onnx"), load_external_data=False).graph.initializer
+                 for e in t.external_data if e.key == "location"}
+    assert locations == {"embeddings.onnx.data"}
     model = og.Model(str(bundle))
     case = cases["one_image"]
     got = og_generate(model, og_process(model, case.prompt, case.paths), MAX_NEW_TOKENS)

@@ -59,19 +59,28 @@ class Sample:
 def _place_shapes(rng: random.Random, width: int, height: int, kinds: list[str]) -> list[tuple[int, int, int, int]]:
     """Non-overlapping square boxes whose centres are apart horizontally, so 'left of' is never ambiguous."""
     short = min(width, height)
-    for attempt in range(200):
-        # Shrink the size range after many failures so 3 shapes always fit in 64x64.
-        scale = 1.0 if attempt < 100 else 0.75
+    for attempt in range(300):
+        # Shrink the size range after many failures (rare: three large shapes drawn close together).
+        scale = (1.0, 0.75, 0.5)[attempt // 100]
         boxes: list[tuple[int, int, int, int]] = []
         for _ in kinds:
-            size = int(rng.uniform(0.28, 0.45) * short * scale)
-            size = max(size, 18)
+            size = max(int(rng.uniform(0.28, 0.45) * short * scale), 18)
             x0 = rng.randint(1, width - size - 2)
             y0 = rng.randint(1, height - size - 2)
             boxes.append((x0, y0, x0 + size, y0 + size))
         if _well_separated(boxes):
             return boxes
-    raise RuntimeError(f"could not place {len(kinds)} shapes on a {width}x{height} canvas")
+    # Last resort: one vertical band per shape, in random order (bands are >= 20 px wide on a 64 px canvas).
+    band = (width - 2) // len(kinds)
+    size = min(18, band - 4)
+    boxes = []
+    for slot in rng.sample(range(len(kinds)), len(kinds)):
+        x0 = 1 + slot * band + rng.randint(0, max(0, band - size - 3))
+        y0 = rng.randint(1, height - size - 2)
+        boxes.append((x0, y0, x0 + size, y0 + size))
+    if not _well_separated(boxes):
+        raise RuntimeError(f"could not place {len(kinds)} shapes on a {width}x{height} canvas")
+    return boxes
 
 
 def _well_separated(boxes: list[tuple[int, int, int, int]]) -> bool:
