@@ -298,10 +298,16 @@ class Qwen3VLConfig:
                 f"{where}: {vision.num_deepstack} DeepStack layers need at least {vision.num_deepstack + 1} "
                 f"text layers, found num_hidden_layers={text.num_hidden_layers}"
             )
+        tokens = TokenIds.from_dicts(config, generation)
+        if not 0 <= tokens.image_token_id < text.vocab_size:
+            raise InputError(
+                f"{where}: image_token_id={tokens.image_token_id} is outside the vocabulary "
+                f"(text_config vocab_size={text.vocab_size})"
+            )
         return cls(
             text=text,
             vision=vision,
-            tokens=TokenIds.from_dicts(config, generation),
+            tokens=tokens,
             processor=ProcessorConfig.from_dict(preprocessor or {}),
             generation=GenerationDefaults.from_dict(generation),
             config_format="5.x" if "rope_parameters" in text_dict else "4.57",

@@ -69,6 +69,12 @@ def _write_config(ckpt: Path, config: dict) -> None:
     (ckpt / "config.json").write_text(json.dumps(config))
 
 
+def _edit_config(ckpt: Path, edit: Callable[[dict], None]) -> None:
+    config = json.loads((ckpt / "config.json").read_text())
+    edit(config)
+    _write_config(ckpt, config)
+
+
 def qwen25_vl_config() -> dict:
     from transformers import Qwen2_5_VLConfig
 
@@ -119,6 +125,8 @@ CHECKPOINT_ROWS: list[tuple[str, Callable[[Path], None], int, tuple[str, ...]]] 
      ("weights lack tensor 'model.language_model.norm.weight' (expected shape [64])",)),
     ("tensor_wrong_shape", lambda c: _rewrite_weights(c, lambda t: t.update({"model.language_model.norm.weight": t["model.language_model.norm.weight"][:32].clone()})), 2,
      ("model.safetensors: tensor 'model.language_model.norm.weight' has shape [32], expected [64]",)),
+    ("image_token_outside_vocab", lambda c: _edit_config(c, lambda cfg: cfg.update(image_token_id=cfg["text_config"]["vocab_size"])), 2,
+     ("config.json: image_token_id=512 is outside the vocabulary (text_config vocab_size=512)",)),
     ("tokenizer_missing", lambda c: (c / "tokenizer.json").unlink(), 2,
      ("tokenizer file tokenizer.json is missing (expected tokenizer.json and tokenizer_config.json)",)),
 ]
