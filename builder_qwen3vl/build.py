@@ -101,10 +101,14 @@ def _export_embeddings(ckpt: Checkpoint, options: BuildOptions, out: Path, io_dt
     if precision == "int4" and ckpt.config.text.tie_word_embeddings:
         shared, why = find_shared_int4_table(out / io_spec.DECODER_FILENAME, *table.shape)
         log.info("embeddings int4: %s", f"reading the tied {why}" if shared else f"own table (cannot share: {why})")
-    export_embeddings(
-        table, ckpt.config.tokens.image_token_id, ckpt.config.num_deepstack, out / io_spec.EMBEDDING.filename,
-        precision=precision, io_dtype=io_dtype, shared_table=shared,
-    )
+    args = (table, ckpt.config.tokens.image_token_id, ckpt.config.num_deepstack, out / io_spec.EMBEDDING.filename)
+    if shared is not None:
+        try:
+            export_embeddings(*args, precision=precision, io_dtype=io_dtype, shared_table=shared)
+            return
+        except (ValueError, RuntimeError) as e:  # layout or dtype we did not foresee: a second table is still correct
+            log.warning("embeddings int4: not sharing the lm_head (%s); writing an own table", e)
+    export_embeddings(*args, precision=precision, io_dtype=io_dtype)
 
 
 # Vision weights for -p int4: int8 MatMulNBits in an fp32 graph (docs/vision_encoder.md: cosine 0.99992 at the

@@ -185,14 +185,31 @@ def _make_model_class() -> type:
             if self.spill_before_quantizing and self._quantizes():
                 with tempfile.TemporaryDirectory(prefix="float_decoder_", dir=out_dir) as scratch:
                     self.model = spill_to_disk(self.model, Path(scratch))
+                    # og's graph and value table still reference the lazy float tensors (and through them
+                    # the checkpoint); nothing after this point reads them.
+                    self.graph, self.values = self.model.graph, {}
+                    gc.collect()
                     super().save_model(out_dir)
             else:
                 super().save_model(out_dir)
 
         def _quantizes(self) -> bool:
-            # og's save_model quantizes (to_nbits) for these dtypes unless the checkpoint came pre-quantized in QDQ
+            """True when og's save_model will run onnxruntime's default weight-only quantizer on MatMuls only.
+
+            Only that path reads each weight through onnx_ir, which follows the spilled tensors' absolute
+            locations; the rtn / k_quant paths and Gather quantization use onnx.numpy_helper, which refuses them.
+            """
             nbits = {"INT4", "UINT4", "INT8", "UINT8"}
-            return self.onnx_dtype.name in nbits and not (self.quant_type is not None and self.quant_attrs["use_qdq"])
+            prequantized_qdq = self.quant_type is not None and self.quant_attrs["use_qdq"]
+            constant_gathers = any(
+                node.op_type == "Gather" and node.inputs[0] is not None and node.inputs[0].const_value is not None
+                for node in self.model.graph
+            )  # none with exclude_embeds; a table lookup would be one
+            return (
+                self.onnx_dtype.name in nbits and not prequantized_qdq
+                and getattr(self, "quantization_algo", "default") == "default"
+                and not ("Gather" in self.quant_attrs["op_types_to_quantize"] and constant_gathers)
+            )
 
         def make_genai_config(self, config, extra_kwargs, out_dir):
             super().make_genai_config(config, extra_kwargs, out_dir)
@@ -210,9 +227,10 @@ def spill_to_disk(model: Any, folder: Path) -> Any:
 
     og's int4 step (``to_nbits``) serialises the whole float model into one protobuf for onnxruntime's
     quantizer while the checkpoint's memory-mapped tensors are still referenced: for the 2B that peaks at
-    13 GiB. Saved first, the float weights leave memory one tensor at a time (and with them the
-    checkpoint), and the quantizer then reads each weight from the file when it reaches its node.
-    Locations are absolute because onnxruntime's quantizer resolves them without a base folder.
+    13 GiB. Saved first (one tensor at a time), the float weights never sit in memory together, and the
+    quantizer reads each weight from the file when it reaches its node. Locations are absolute because
+    onnxruntime's quantizer resolves them without a base folder. Costs a float32 copy of the decoder on
+    disk while it runs (2B: 7 GB, 4B: 16 GB), inside the output folder being built.
     """
     import onnx_ir as ir
 

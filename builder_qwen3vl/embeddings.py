@@ -50,9 +50,9 @@ EMBED_GATHER_NODE = "/embed_tokens/Gather"  # the only node the int4 quantizer m
 # The int4 error is measured by running the written graph; above this many table elements only an evenly
 # spaced sample of rows is run (2B: 8192 of 151936 rows), which keeps the check to a few seconds.
 _ERROR_CHECK_ELEMENTS = 1 << 24
-_ERROR_CHECK_OUTPUT_BYTES = 1 << 26
+_ERROR_CHECK_OUTPUT_BYTES = 1 << 26  # per session.run: bounds the [1, rows, W] output chunk to 64 MiB
 # int4 RTN of a Gaussian table gives ~0.09 relative RMS error; an untied or mis-read table gives ~1.4.
-SHARED_TABLE_MAX_REL_RMS = 0.25  # per session.run: bounds the [1, rows, W] output chunk to 64 MiB
+SHARED_TABLE_MAX_REL_RMS = 0.25
 
 
 @dataclass(frozen=True)
@@ -151,7 +151,8 @@ def _float_lookup(table_VH: np.ndarray, ir_dtype: ir.DataType) -> Callable[[ir_t
 class SharedInt4Table:
     """Where the decoder's tied int4 lm_head lives, for embeddings.onnx to read in place."""
 
-    location: str  # external-data file name, relative to the bundle folder (model.onnx.data)
+    folder: Path  # the bundle folder holding the decoder; embeddings.onnx must be written there too
+    location: str  # external-data file name, relative to ``folder`` (model.onnx.data)
     weight_offset: int  # uint8 codes, V x H/2 bytes
     weight_length: int
     scales_offset: int  # V x H/block scales in the io dtype
@@ -182,19 +183,21 @@ def find_shared_int4_table(decoder_path: Path, vocab: int, hidden: int) -> tuple
     block = attrs.get("block_size", 0)
     if len(node.input) > 3 and any(node.input[3:]):
         return None, f"lm_head {node.name} has zero points or g_idx inputs"
+    if "weight_prepacked" in attrs:  # og's CUDA fpA_intB layout: same bytes, another order
+        return None, f"lm_head {node.name} weights are prepacked for CUDA"
     if block < 16 or hidden % block:
         return None, f"lm_head block size {block} does not divide hidden size {hidden}"
     weight, scales = inits.get(node.input[1]), inits.get(node.input[2])
     if weight is None or scales is None:
         return None, f"lm_head {node.name} weights are not initializers"
-    expected = {weight.name: vocab * hidden // 2, scales.name: vocab * hidden // block}
+    expected = {weight.name: [vocab, hidden // block, block // 2], scales.name: [vocab, hidden // block]}
     located = {}
     for tensor in (weight, scales):
         info = {e.key: e.value for e in tensor.external_data}
         if tensor.data_location != onnx.TensorProto.EXTERNAL or "location" not in info:
             return None, f"{tensor.name} is not stored as external data"
-        if int(np.prod(tensor.dims)) != expected[tensor.name]:
-            return None, f"{tensor.name} has shape {list(tensor.dims)}, expected {expected[tensor.name]} elements"
+        if list(tensor.dims) != expected[tensor.name]:
+            return None, f"{tensor.name} has shape {list(tensor.dims)}, expected {expected[tensor.name]}"
         located[tensor.name] = (info["location"], int(info.get("offset", 0)), int(info["length"]))
     if weight.data_type != onnx.TensorProto.UINT8 or located[weight.name][0] != located[scales.name][0]:
         return None, f"{weight.name} is not uint8 or its scales are in another file"
@@ -202,7 +205,7 @@ def find_shared_int4_table(decoder_path: Path, vocab: int, hidden: int) -> tuple
     if Path(location).name != location:
         return None, f"external data location {location!r} is not a file in the bundle folder"
     return SharedInt4Table(
-        location=location, weight_offset=located[weight.name][1], weight_length=located[weight.name][2],
+        folder=Path(decoder_path).parent, location=location, weight_offset=located[weight.name][1], weight_length=located[weight.name][2],
         scales_offset=located[scales.name][1], scales_length=located[scales.name][2],
         scales_dtype=ir.DataType(scales.data_type), vocab=vocab, hidden=hidden, block_size=block,
     ), f"lm_head {node.name} (block {block})"
@@ -349,6 +352,8 @@ def export_embeddings(
             raise ValueError(f"shared_table: lm_head is {shared_table.vocab} x {shared_table.hidden}, table {vocab} x {hidden}")
         if shared_table.scales_dtype != ir_dtype:
             raise ValueError(f"shared_table: lm_head scales are {shared_table.scales_dtype.name}, io dtype is {io_dtype}")
+        if path.parent.resolve() != shared_table.folder.resolve():
+            raise ValueError(f"shared_table: {path} must be written beside the decoder in {shared_table.folder}")
         block_size, is_symmetric = shared_table.block_size, True
         model = _build_model(_shared_lookup(shared_table, path.parent), hidden, width, image_token_id, ir_dtype, np_dtype)
         data_path = path.with_name(path.name + ".data")

@@ -128,6 +128,14 @@ def test_spilling_before_quantizing_writes_the_same_files(ckpt, tmp_path: Path, 
     assert sorted(p.name for p in spilled.path.parent.iterdir()) == sorted(p.name for p in plain.path.parent.iterdir())
 
 
+def test_spilling_is_skipped_where_the_quantizer_cannot_read_spilled_weights(ckpt, tmp_path: Path, monkeypatch) -> None:
+    """k_quant / rtn read weights with onnx.numpy_helper, which refuses absolute external-data paths: no spill there."""
+    spills = []
+    monkeypatch.setattr(dec, "spill_to_disk", lambda model, folder: spills.append(folder) or model)
+    build = dec.build_decoder(ckpt, tmp_path, "int4", extra_options={"algo_config": "k_quant"}, spill_before_quantizing=True)
+    assert spills == [] and build.path.exists()
+
+
 def test_int4_aliases_translate_and_reject_conflicts() -> None:
     assert dec.translate_int4_aliases({"int4_block_size": "64", "fuse_qkv": "false"}) == {"block_size": "64", "fuse_qkv": "false"}
     with pytest.raises(ValueError, match="int4_block_size=64 conflicts with block_size=128"):

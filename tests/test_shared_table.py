@@ -105,6 +105,15 @@ def test_layouts_that_cannot_be_shared(tmp_path: Path, kwargs: dict, reason: str
     assert shared is None and reason in why
 
 
+def test_embeddings_must_sit_beside_the_decoder(tmp_path: Path) -> None:
+    table = _table(0)
+    shared, why = find_shared_int4_table(_write_decoder(tmp_path / "bundle", table), VOCAB, HIDDEN)
+    assert shared is not None, why
+    with pytest.raises(ValueError, match="must be written beside the decoder"):
+        export_embeddings(table, IMAGE_TOKEN_ID, DEEPSTACK, tmp_path / "elsewhere" / "embeddings.onnx", "int4",
+                          shared_table=shared)
+
+
 def test_no_lm_head_of_that_vocabulary(tmp_path: Path) -> None:
     decoder = _write_decoder(tmp_path, _table(0))
     shared, why = find_shared_int4_table(decoder, VOCAB + 1, HIDDEN)
