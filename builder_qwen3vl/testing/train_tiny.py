@@ -73,7 +73,7 @@ class TrainConfig:
     batch_size: int = 16
     turns: int = 6  # questions per training picture (multi-turn chat): one vision pass, six answers
     learning_rate: float = 3e-3
-    vision_lr_scale: float = 3.0  # the vision tower learns from scratch through the decoder: a larger step helps it
+    vision_lr_scale: float = 1.0  # the vision tower's learning rate relative to learning_rate
     warmup_steps: int = 20
     weight_decay: float = 0.01
     grad_clip: float = 1.0
