@@ -125,7 +125,7 @@ CHECKPOINT_ROWS: list[tuple[str, Callable[[Path], None], int, tuple[str, ...]]] 
      ("weights lack tensor 'model.language_model.norm.weight' (expected shape [64])",)),
     ("tensor_wrong_shape", lambda c: _rewrite_weights(c, lambda t: t.update({"model.language_model.norm.weight": t["model.language_model.norm.weight"][:32].clone()})), 2,
      ("model.safetensors: tensor 'model.language_model.norm.weight' has shape [32], expected [64]",)),
-    ("image_token_outside_vocab", lambda c: _edit_config(c, lambda cfg: cfg.update(image_token_id=cfg["text_config"]["vocab_size"])), 2,
+    ("image_token_outside_vocab", lambda c: _edit_config(c, lambda cfg: cfg.update(image_token_id=512)), 2,
      ("config.json: image_token_id=512 is outside the vocabulary (text_config vocab_size=512)",)),
     ("tokenizer_missing", lambda c: (c / "tokenizer.json").unlink(), 2,
      ("tokenizer file tokenizer.json is missing (expected tokenizer.json and tokenizer_config.json)",)),

@@ -91,6 +91,10 @@ def tiny_config(
         num_position_embeddings=num_position_embeddings,
         patch_size=patch_size,
     )
+    if vocab_size <= cfg["image_token_id"]:  # a small test vocabulary: keep the vision token ids inside it
+        first = vocab_size - 4
+        cfg.update(image_token_id=first, video_token_id=first + 1, vision_start_token_id=first + 2,
+                   vision_end_token_id=first + 3)
     return cfg
 
 
