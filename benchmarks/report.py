@@ -144,6 +144,15 @@ def _fmt(x: Any, nd: int = 2) -> str:
     return f"{x:,}" if isinstance(x, int) else str(x)
 
 
+def _save_plot(plt: Any, fig: Any, ax: Any, path: Path) -> Path:
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_plots(s: Settings, f: dict[str, Any], docs: Path) -> list[str]:
     import matplotlib
 
@@ -163,12 +172,7 @@ def write_plots(s: Settings, f: dict[str, Any], docs: Path) -> list[str]:
     ax.set_xlabel("context length (tokens)")
     ax.set_ylabel("decode tokens/s")
     ax.set_title(f"Qwen3-VL {s.shape} decode, int4 CPU, 2 threads")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    decode_png = docs / "benchmarks_decode.png"
-    fig.savefig(decode_png, dpi=110)
-    plt.close(fig)
+    decode_png = _save_plot(plt, fig, ax, docs / "benchmarks_decode.png")
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     imgs = list(f["images"].items())
@@ -182,12 +186,7 @@ def write_plots(s: Settings, f: dict[str, Any], docs: Path) -> list[str]:
     ax.set_xlabel("image patches (16x16)")
     ax.set_ylabel("time to first token (s)")
     ax.set_title(f"Qwen3-VL {s.shape}: one image + 32-token question")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    ttft_png = docs / "benchmarks_ttft.png"
-    fig.savefig(ttft_png, dpi=110)
-    plt.close(fig)
+    ttft_png = _save_plot(plt, fig, ax, docs / "benchmarks_ttft.png")
     return [decode_png.name, ttft_png.name]
 
 

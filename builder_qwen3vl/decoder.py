@@ -236,8 +236,6 @@ def spill_to_disk(model: Any, folder: Path) -> Any:
 
     path = folder / "float_model.onnx"
     ir.save(model, path, external_data="float_model.onnx.data", size_threshold_bytes=0)
-    del model
-    gc.collect()
     spilled = ir.load(path)
     for value in spilled.graph.initializers.values():
         tensor = value.const_value

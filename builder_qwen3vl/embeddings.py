@@ -356,11 +356,7 @@ def export_embeddings(
             raise ValueError(f"shared_table: {path} must be written beside the decoder in {shared_table.folder}")
         block_size, is_symmetric = shared_table.block_size, True
         model = _build_model(_shared_lookup(shared_table, path.parent), hidden, width, image_token_id, ir_dtype, np_dtype)
-        data_path = path.with_name(path.name + ".data")
-        if data_path.exists():
-            data_path.unlink()
-        ir.save(model, path)  # no external_data argument: the ExternalTensors keep pointing at the decoder's file
-        del model
+        path.with_name(path.name + ".data").unlink(missing_ok=True)  # a stale own table from an earlier export
     elif precision == "int4":
         # The quantizer works on a ModelProto: build the float graph in the io dtype (so scales and
         # output need no Cast) and let the float model go as soon as it is serialized. Memory: the
@@ -379,9 +375,10 @@ def export_embeddings(
             log.warning("embeddings: %s table on a %s stream; the Gather output is cast", precision, io_dtype)
         lookup = _float_lookup(_float_table(embed_weight, table_dtype), ir_dtype)
         model = _build_model(lookup, hidden, width, image_token_id, ir_dtype, np_dtype)
-    if not (precision == "int4" and shared_table is not None):
-        ir.save(model, path, external_data=path.name + ".data")
-        del model
+    # Without an external_data argument onnx_ir keeps ExternalTensors as they are: the shared table stays
+    # a reference into the decoder's file.
+    ir.save(model, path, external_data=None if shared_table is not None else path.name + ".data")
+    del model
     log.info("wrote %s (%s, width %d = (1 + %d) x %d)", path, precision, width, deepstack_layers, hidden)
     export = EmbeddingsExport(path=path, precision=precision, io_dtype=io_dtype, hidden_size=hidden, width=width)
     if precision != "int4":

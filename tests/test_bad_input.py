@@ -136,6 +136,10 @@ CHECKPOINT_ROWS: list[tuple[str, Callable[[Path], None], int, tuple[str, ...]]] 
 def test_bad_checkpoint(small_ckpt: Path, tmp_path: Path, capsys, break_it, code: int, fragments: tuple[str, ...]) -> None:
     break_it(small_ckpt)
     got, text = run_cli(capsys, "-i", small_ckpt, "-o", tmp_path / OUT, "-p", "fp32")
+    _assert_one_error_line(got, text, code, fragments, tmp_path)
+
+
+def _assert_one_error_line(got: int, text: str, code: int, fragments: tuple[str, ...], tmp_path: Path) -> None:
     line = the_error_line(text)
     print(f"exit {got}: {line}")
     assert got == code
@@ -203,12 +207,7 @@ def test_bad_options(small_ckpt: Path, tmp_path: Path, capsys, argv: list[str], 
     except SystemExit as exc:  # argparse's own usage errors
         got, captured = exc.code, capsys.readouterr()
         text = captured.out + captured.err
-    line = the_error_line(text)
-    print(f"exit {got}: {line}")
-    assert got == code
-    for fragment in fragments:
-        assert fragment in line
-    assert_no_leftovers(tmp_path)
+    _assert_one_error_line(got, text, code, fragments, tmp_path)
 
 
 def test_og_rejects_option_value(buildable_ckpt: Path, tmp_path: Path, capsys, monkeypatch) -> None:
