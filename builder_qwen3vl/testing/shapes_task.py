@@ -9,6 +9,14 @@ processor produces several grids. Questions have one-word answers:
     Is the square left of the triangle?  -> yes | no
     Is there a triangle?            -> yes | no
 
+Training dialogues may also ask questions that are never evaluated (TRAINING_ONLY_KINDS), whose
+one-word answers name a shape: they supervise the same skills as 'left_of' and the colour questions
+(where each shape is, which shape is which) with a three-way answer instead of a yes/no bit:
+
+    Which shape is furthest left?   -> circle | square | triangle   (two or more shapes)
+    Which shape is furthest right?  -> circle | square | triangle   (two or more shapes)
+    Which shape is red?             -> circle | square | triangle   (a colour only one shape has)
+
 A sample depends only on (seed, index), so training and held-out sets never depend on the order
 or number of samples drawn before them.
 """
@@ -30,6 +38,8 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 COUNT_WORDS = ("zero", "one", "two", "three")
 MIN_SIDE, MAX_SIDE = 64, 160
 QUESTION_KINDS = ("colour", "count", "left_of", "presence")
+TRAINING_ONLY_KINDS = ("leftmost", "rightmost", "shape_of_colour")
+ALL_KINDS = QUESTION_KINDS + TRAINING_ONLY_KINDS
 
 # Seeds of the standard splits: training draws from TRAIN_SEED, evaluation from HELD_OUT_SEED.
 TRAIN_SEED = 1
@@ -121,10 +131,18 @@ def make_scene(rng: random.Random) -> tuple[Image.Image, tuple[Shape, ...]]:
     return image, shapes
 
 
-def ask(rng: random.Random, shapes: tuple[Shape, ...]) -> tuple[str, str, str]:
-    """(kind, question, answer) about the scene; 'left_of' only when two or more shapes are present."""
-    kinds = [k for k in QUESTION_KINDS if k != "left_of" or len(shapes) >= 2]
-    kind = rng.choice(kinds)
+def _askable(kind: str, shapes: tuple[Shape, ...]) -> bool:
+    if kind in ("left_of", "leftmost", "rightmost"):
+        return len(shapes) >= 2
+    if kind == "shape_of_colour":
+        colours = [s.colour for s in shapes]
+        return any(colours.count(c) == 1 for c in colours)
+    return True
+
+
+def ask(rng: random.Random, shapes: tuple[Shape, ...], kinds: tuple[str, ...] = QUESTION_KINDS) -> tuple[str, str, str]:
+    """(kind, question, answer) about the scene, of a kind drawn uniformly from the ``kinds`` askable here."""
+    kind = rng.choice([k for k in kinds if _askable(k, shapes)])
     if kind == "colour":
         shape = rng.choice(shapes)
         return kind, f"What colour is the {shape.kind}?", shape.colour
@@ -133,6 +151,14 @@ def ask(rng: random.Random, shapes: tuple[Shape, ...]) -> tuple[str, str, str]:
     if kind == "left_of":
         a, b = rng.sample(list(shapes), 2)
         return kind, f"Is the {a.kind} left of the {b.kind}?", "yes" if a.centre_x < b.centre_x else "no"
+    if kind == "leftmost":
+        return kind, "Which shape is furthest left?", min(shapes, key=lambda s: s.centre_x).kind
+    if kind == "rightmost":
+        return kind, "Which shape is furthest right?", max(shapes, key=lambda s: s.centre_x).kind
+    if kind == "shape_of_colour":
+        colours = [s.colour for s in shapes]
+        shape = rng.choice([s for s in shapes if colours.count(s.colour) == 1])
+        return kind, f"Which shape is {shape.colour}?", shape.kind
     asked = rng.choice(SHAPES)
     present = any(s.kind == asked for s in shapes)
     return kind, f"Is there a {asked}?", "yes" if present else "no"
@@ -155,13 +181,14 @@ class Dialogue:
     turns: tuple[tuple[str, str, str], ...]
 
 
-def make_dialogue(seed: int, index: int, turns: int) -> Dialogue:
-    """A picture and ``turns`` distinct questions; the first turn is exactly ``make_sample(seed, index)``'s."""
+def make_dialogue(seed: int, index: int, turns: int, kinds: tuple[str, ...] = QUESTION_KINDS) -> Dialogue:
+    """A picture and ``turns`` distinct questions of ``kinds``; with the default kinds the first turn is
+    exactly ``make_sample(seed, index)``'s."""
     rng = random.Random(seed * 1_000_003 + index)
     image, shapes = make_scene(rng)
     asked: list[tuple[str, str, str]] = []
     for _ in range(20 * turns):
-        qa = ask(rng, shapes)
+        qa = ask(rng, shapes, kinds)
         if qa[1] not in {q for _, q, _ in asked}:
             asked.append(qa)
         if len(asked) == turns:
