@@ -132,8 +132,16 @@ def load_hf_visual(ckpt: Checkpoint):
     from transformers import Qwen3VLConfig
     from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLVisionModel
 
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # transformers 4.x
+        from transformers.modeling_utils import no_init_weights
+
     hf_cfg = Qwen3VLConfig.from_dict(ckpt.raw_config)
-    visual = Qwen3VLVisionModel._from_config(hf_cfg.vision_config, attn_implementation="eager", dtype=torch.float32)
+    # No random init, and the loaded tensors are adopted (assign=True) instead of copied: the tower then
+    # exists once in fp32, not twice (1.6 GB less at 2B). The never-written empty parameters cost no memory.
+    with no_init_weights():
+        visual = Qwen3VLVisionModel._from_config(hf_cfg.vision_config, attn_implementation="eager", dtype=torch.float32)
     state = {k: v.to(torch.float32) for k, v in load_prefix(ckpt, "model.visual.").items()}
-    visual.load_state_dict(state, strict=True)
+    visual.load_state_dict(state, strict=True, assign=True)
     return visual.eval()
