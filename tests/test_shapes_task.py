@@ -11,7 +11,7 @@ from builder_qwen3vl.testing import shapes_task
 from builder_qwen3vl.testing.train_config import DEFAULT_CONFIG, with_overrides
 
 
-def _expected_answer(kind: str, question: str, shapes: tuple[shapes_task.Shape, ...]) -> str:
+def _expected_answer(kind: str, question: str, shapes: tuple[shapes_task.Shape, ...], width: int) -> str:
     """The answer recomputed from the scene and the question text alone."""
     by_kind = {s.kind: s for s in shapes}
     words = question.rstrip("?").split()
@@ -30,17 +30,27 @@ def _expected_answer(kind: str, question: str, shapes: tuple[shapes_task.Shape, 
     if kind == "shape_of_colour":
         (match,) = [s for s in shapes if s.colour == words[-1]]  # the asked colour must name exactly one shape
         return match.kind
+    if kind == "shape_name":
+        (only,) = shapes
+        return only.kind
+    if kind == "left_half":
+        (only,) = shapes
+        return "yes" if only.centre_x < width / 2 else "no"
     raise AssertionError(f"unknown kind {kind}")
 
 
 def test_every_answer_follows_from_the_scene() -> None:
     seen: set[str] = set()
-    for index in range(300):
-        dialogue = shapes_task.make_dialogue(shapes_task.TRAIN_SEED, index, 8, shapes_task.ALL_KINDS)
+    for index in range(400):
+        max_shapes = 1 if index % 4 == 0 else 3  # the curriculum's one-shape pictures too
+        dialogue = shapes_task.make_dialogue(shapes_task.TRAIN_SEED, index, 8, shapes_task.ALL_KINDS, max_shapes)
+        assert len(dialogue.shapes) <= max_shapes
         assert len({q for _, q, _ in dialogue.turns}) == len(dialogue.turns)  # no question repeated
         for kind, question, answer in dialogue.turns:
             seen.add(kind)
-            assert answer == _expected_answer(kind, question, dialogue.shapes), (index, question)
+            assert answer == _expected_answer(kind, question, dialogue.shapes, dialogue.image.width), (index, question)
+            if kind == "left_half":  # never asked about a shape near the middle
+                assert abs(dialogue.shapes[0].centre_x / dialogue.image.width - 0.5) > shapes_task.LEFT_HALF_MARGIN
     assert seen == set(shapes_task.ALL_KINDS)
 
 

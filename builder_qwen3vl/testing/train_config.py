@@ -42,6 +42,9 @@ class TrainConfig:
     batch_size: int = 16
     # Also ask shapes_task.TRAINING_ONLY_KINDS (which shape is furthest left / right / of a colour).
     training_only_questions: bool = False
+    # Curriculum: the first steps show one shape per picture, so shape and position questions need no
+    # search (perception first, relations after).
+    single_shape_steps: int = 0
     turns: int = 6  # questions per training picture (multi-turn chat): one vision pass, six answers
     learning_rate: float = 3e-3
     vision_lr_scale: float = 1.0  # the vision tower's learning rate relative to learning_rate

@@ -278,8 +278,10 @@ def train(folder: Path, cfg: TrainConfig) -> dict[str, Any]:
     start = time.perf_counter()
     for step in range(cfg.steps):
         # Several questions per picture: one vision pass feeds cfg.turns supervised answers.
-        encoded = [encoder.encode_dialogue(shapes_task.make_dialogue(cfg.data_seed, step * cfg.batch_size + i, cfg.turns, asked_kinds))
-                   for i in range(cfg.batch_size)]
+        max_shapes = 1 if step < cfg.single_shape_steps else 3
+        dialogues = [shapes_task.make_dialogue(cfg.data_seed, step * cfg.batch_size + i, cfg.turns, asked_kinds, max_shapes)
+                     for i in range(cfg.batch_size)]
+        encoded = [encoder.encode_dialogue(d) for d in dialogues]
         examples, continuations, labels, answer_kinds = (list(x) for x in zip(*encoded))
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, cfg) * group["lr_scale"]
