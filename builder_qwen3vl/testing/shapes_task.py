@@ -9,20 +9,6 @@ processor produces several grids. Questions have one-word answers:
     Is the square left of the triangle?  -> yes | no
     Is there a triangle?            -> yes | no
 
-Training dialogues may also ask questions that are never evaluated (TRAINING_ONLY_KINDS), whose
-one-word answers name a shape: they supervise the same skills as 'left_of' and the colour questions
-(where each shape is, which shape is which) with a three-way answer instead of a yes/no bit:
-
-    Which shape is furthest left?   -> circle | square | triangle   (two or more shapes)
-    Which shape is furthest right?  -> circle | square | triangle   (two or more shapes)
-    Which shape is red?             -> circle | square | triangle   (a colour only one shape has)
-    What shape is in the picture?   -> circle | square | triangle   (one shape)
-    Is the shape in the left half?  -> yes | no                     (one shape, clearly off centre)
-
-The last two are plain perception (which shape, where) with no shape to find first: a direct signal
-for the vision tower, which otherwise learns colours long before shapes and positions (linear probes
-of a model trained without them: shape per token at chance, x position R^2 ~0.1).
-
 A sample depends only on (seed, index), so training and held-out sets never depend on the order
 or number of samples drawn before them.
 """
@@ -44,8 +30,6 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 COUNT_WORDS = ("zero", "one", "two", "three")
 MIN_SIDE, MAX_SIDE = 64, 160
 QUESTION_KINDS = ("colour", "count", "left_of", "presence")
-TRAINING_ONLY_KINDS = ("leftmost", "rightmost", "shape_of_colour", "shape_name", "left_half")
-ALL_KINDS = QUESTION_KINDS + TRAINING_ONLY_KINDS
 
 # Seeds of the standard splits: training draws from TRAIN_SEED, evaluation from HELD_OUT_SEED.
 TRAIN_SEED = 1
@@ -123,10 +107,10 @@ def _draw(draw: ImageDraw.ImageDraw, shape: Shape) -> None:
         draw.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=fill)
 
 
-def make_scene(rng: random.Random, max_shapes: int = 3) -> tuple[Image.Image, tuple[Shape, ...]]:
+def make_scene(rng: random.Random) -> tuple[Image.Image, tuple[Shape, ...]]:
     width = rng.randint(MIN_SIDE, MAX_SIDE)
     height = rng.randint(MIN_SIDE, MAX_SIDE)
-    kinds = rng.sample(SHAPES, rng.randint(1, max_shapes))
+    kinds = rng.sample(SHAPES, rng.randint(1, 3))
     boxes = _place_shapes(rng, width, height, kinds)
     shapes = tuple(Shape(kind, rng.choice(list(COLOURS)), box) for kind, box in zip(kinds, boxes))
     grey = rng.randint(235, 255)  # a slightly varying light background
@@ -137,27 +121,10 @@ def make_scene(rng: random.Random, max_shapes: int = 3) -> tuple[Image.Image, tu
     return image, shapes
 
 
-LEFT_HALF_MARGIN = 0.1  # centre at least 10 % of the width away from the middle
-
-
-def _askable(kind: str, shapes: tuple[Shape, ...], width: int) -> bool:
-    if kind in ("left_of", "leftmost", "rightmost"):
-        return len(shapes) >= 2
-    if kind == "shape_of_colour":
-        colours = [s.colour for s in shapes]
-        return any(colours.count(c) == 1 for c in colours)
-    if kind == "shape_name":
-        return len(shapes) == 1
-    if kind == "left_half":
-        return len(shapes) == 1 and abs(shapes[0].centre_x / width - 0.5) > LEFT_HALF_MARGIN
-    return True
-
-
-def ask(rng: random.Random, shapes: tuple[Shape, ...], kinds: tuple[str, ...] = QUESTION_KINDS,
-        width: int = 0) -> tuple[str, str, str]:
-    """(kind, question, answer) about the scene (``width`` px wide), of a kind drawn uniformly from the
-    ``kinds`` askable here."""
-    kind = rng.choice([k for k in kinds if _askable(k, shapes, width)])
+def ask(rng: random.Random, shapes: tuple[Shape, ...]) -> tuple[str, str, str]:
+    """(kind, question, answer) about the scene; 'left_of' only when two or more shapes are present."""
+    kinds = [k for k in QUESTION_KINDS if k != "left_of" or len(shapes) >= 2]
+    kind = rng.choice(kinds)
     if kind == "colour":
         shape = rng.choice(shapes)
         return kind, f"What colour is the {shape.kind}?", shape.colour
@@ -166,18 +133,6 @@ def ask(rng: random.Random, shapes: tuple[Shape, ...], kinds: tuple[str, ...] = 
     if kind == "left_of":
         a, b = rng.sample(list(shapes), 2)
         return kind, f"Is the {a.kind} left of the {b.kind}?", "yes" if a.centre_x < b.centre_x else "no"
-    if kind == "leftmost":
-        return kind, "Which shape is furthest left?", min(shapes, key=lambda s: s.centre_x).kind
-    if kind == "rightmost":
-        return kind, "Which shape is furthest right?", max(shapes, key=lambda s: s.centre_x).kind
-    if kind == "shape_of_colour":
-        colours = [s.colour for s in shapes]
-        shape = rng.choice([s for s in shapes if colours.count(s.colour) == 1])
-        return kind, f"Which shape is {shape.colour}?", shape.kind
-    if kind == "shape_name":
-        return kind, "What shape is in the picture?", shapes[0].kind
-    if kind == "left_half":
-        return kind, "Is the shape in the left half?", "yes" if shapes[0].centre_x < width / 2 else "no"
     asked = rng.choice(SHAPES)
     present = any(s.kind == asked for s in shapes)
     return kind, f"Is there a {asked}?", "yes" if present else "no"
@@ -200,15 +155,13 @@ class Dialogue:
     turns: tuple[tuple[str, str, str], ...]
 
 
-def make_dialogue(seed: int, index: int, turns: int, kinds: tuple[str, ...] = QUESTION_KINDS,
-                  max_shapes: int = 3) -> Dialogue:
-    """A picture (of at most ``max_shapes`` shapes) and ``turns`` distinct questions of ``kinds``; with the
-    defaults the first turn is exactly ``make_sample(seed, index)``'s."""
+def make_dialogue(seed: int, index: int, turns: int) -> Dialogue:
+    """A picture and ``turns`` distinct questions; the first turn is exactly ``make_sample(seed, index)``'s."""
     rng = random.Random(seed * 1_000_003 + index)
-    image, shapes = make_scene(rng, max_shapes)
+    image, shapes = make_scene(rng)
     asked: list[tuple[str, str, str]] = []
     for _ in range(20 * turns):
-        qa = ask(rng, shapes, kinds, image.width)
+        qa = ask(rng, shapes)
         if qa[1] not in {q for _, q, _ in asked}:
             asked.append(qa)
         if len(asked) == turns:

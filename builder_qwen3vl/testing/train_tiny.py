@@ -1,6 +1,6 @@
 """Train a tiny Qwen3-VL on the shapes task (CPU, deterministic) and cache the checkpoint folder.
 
-    python -m builder_qwen3vl.testing.train_tiny [--cache-dir DIR] [--force] [--set NAME=VALUE ...]
+    python -m builder_qwen3vl.testing.train_tiny [--cache-dir DIR] [--force]
 
 The model is HF's own ``Qwen3VLForConditionalGeneration`` with DeepStack, the real tokenizer and
 chat template, and the real 151,936-row tied embedding table. The table is frozen at its random
@@ -29,12 +29,12 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import checkpoints, shapes_task
+from . import shapes_task
 from .checkpoints import tiny_config, write_checkpoint
-from .train_config import DEFAULT_CONFIG, TrainConfig, with_overrides
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,44 @@ PAD_TOKEN_ID = 151643  # <|endoftext|>, as the released generation_config
 IGNORE = -100
 
 
+@dataclass(frozen=True)
+class TrainConfig:
+    # text decoder
+    hidden_size: int = 128
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    head_dim: int = 32
+    intermediate_size: int = 512
+    # vision tower (DeepStack taps after blocks 0, 1, 2)
+    vision_depth: int = 4
+    vision_hidden_size: int = 128
+    vision_heads: int = 4
+    vision_intermediate_size: int = 256
+    deepstack_visual_indexes: tuple[int, ...] = (0, 1, 2)
+    num_position_embeddings: int = 100  # a 10x10 table: the largest 160 px image has 10x10 patches
+    # Processor limits written into the checkpoint's preprocessor_config.json (size.shortest_edge /
+    # longest_edge). The released 65536 minimum would make every 64..160 px picture at least 64 tokens;
+    # 64*64 keeps a small picture at 4 tokens.
+    min_pixels: int = 64 * 64
+    max_pixels: int = 256 * 256
+    embedding_std: float = 0.3  # the frozen table's scale (the fixture writes N(0, 1) rows)
+    vision_pos_embed_std: float = 0.1
+    # optimisation
+    steps: int = 2000
+    batch_size: int = 16
+    turns: int = 6  # questions per training picture (multi-turn chat): one vision pass, six answers
+    learning_rate: float = 3e-3
+    vision_lr_scale: float = 1.0  # the vision tower's learning rate relative to learning_rate
+    warmup_steps: int = 20
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    seed: int = 0
+    threads: int = 1
+    data_seed: int = shapes_task.TRAIN_SEED
+
+
+DEFAULT_CONFIG = TrainConfig()
 
 
 def model_config(cfg: TrainConfig) -> dict[str, Any]:
@@ -70,14 +108,12 @@ def default_cache_dir() -> Path:
 
 
 def content_hash(cfg: TrainConfig) -> str:
-    """Hash of everything the trained weights depend on: the training code, the task, the checkpoint
-    writer, the config values and the library versions (train_config.py's source is not hashed: its
-    values are)."""
+    """Hash of everything the trained weights depend on: this script, the task, the config, the versions."""
     import torch
     import transformers
 
     h = hashlib.sha256()
-    for module_file in (Path(__file__), Path(shapes_task.__file__), Path(checkpoints.__file__)):
+    for module_file in (Path(__file__), Path(shapes_task.__file__)):
         h.update(module_file.read_bytes())
     h.update(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode())
     h.update(f"torch={torch.__version__} transformers={transformers.__version__}".encode())
@@ -122,11 +158,8 @@ class Encoder:
         return {"input_ids": self.ids(text), "pixel_values": pixels["pixel_values"], "image_grid_thw": grid}
 
 
-    def encode_dialogue(self, dialogue: shapes_task.Dialogue) -> tuple[dict[str, Any], list[int], list[int], list[int]]:
-        """A multi-turn training sequence: (prompt example, continuation ids, labels, kinds).
-
-        ``kinds`` runs beside ``labels``: the question kind's index in shapes_task.ALL_KINDS on
-        answer-word tokens, -1 elsewhere (for the per-kind accuracy in the training log).
+    def encode_dialogue(self, dialogue: shapes_task.Dialogue) -> tuple[dict[str, Any], list[int], list[int]]:
+        """A multi-turn training sequence: (prompt example, continuation ids, continuation labels).
 
         The first turn is the single-turn evaluation prompt; each answer and its <|im_end|> are labelled,
         the next user turn is context only. Special tokens split the text, so tokenizing the pieces gives
@@ -136,23 +169,19 @@ class Encoder:
         example = self.encode(dialogue.image, question)
         ids: list[int] = []
         labels: list[int] = []
-        kinds: list[int] = []
-        for i, (kind, question, answer) in enumerate(dialogue.turns):
+        for i, (_, question, answer) in enumerate(dialogue.turns):
             if i:
                 turn = self.ids(f"\n<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n")
                 ids += turn
                 labels += [IGNORE] * len(turn)
-                kinds += [-1] * len(turn)
-            words = self.ids(answer)
-            target = words + self.answer_suffix_ids
+            target = self.ids(answer) + self.answer_suffix_ids
             ids += target
             labels += target
-            kinds += [shapes_task.ALL_KINDS.index(kind)] * len(words) + [-1] * len(self.answer_suffix_ids)
-        return example, ids, labels, kinds
+        return example, ids, labels
 
 
 def collate(examples: list[dict[str, Any]], answers: list[list[int]] | None = None,
-            answer_labels: list[list[int]] | None = None, answer_kinds: list[list[int]] | None = None) -> dict[str, Any]:
+            answer_labels: list[list[int]] | None = None) -> dict[str, Any]:
     """Right-padded batch; with ``answers``, labels cover the answer tokens only (shifted targets)."""
     import torch
 
@@ -161,15 +190,12 @@ def collate(examples: list[dict[str, Any]], answers: list[list[int]] | None = No
     input_ids = torch.full((len(seqs), length), PAD_TOKEN_ID, dtype=torch.long)
     attention_mask = torch.zeros((len(seqs), length), dtype=torch.long)
     labels = torch.full((len(seqs), length), IGNORE, dtype=torch.long)
-    kinds = torch.full((len(seqs), length), -1, dtype=torch.long)
     for i, seq in enumerate(seqs):
         input_ids[i, : len(seq)] = torch.tensor(seq)
         attention_mask[i, : len(seq)] = 1
         if answers:
             start = len(examples[i]["input_ids"])
             labels[i, start: len(seq)] = torch.tensor(answer_labels[i] if answer_labels else answers[i])
-            if answer_kinds:
-                kinds[i, start: len(seq)] = torch.tensor(answer_kinds[i])
     batch = {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
@@ -179,8 +205,6 @@ def collate(examples: list[dict[str, Any]], answers: list[list[int]] | None = No
     }
     if answers:
         batch["labels"] = labels
-    if answer_kinds:
-        batch["answer_kinds"] = kinds
     return batch
 
 
@@ -197,38 +221,23 @@ def _lr_at(step: int, cfg: TrainConfig) -> float:
 IM_END_ID = 151645
 
 
-def answer_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, list[tuple[int, int]]]:
-    """(cross-entropy over the full vocabulary where a label exists, teacher-forced (right, asked) per kind).
+def answer_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, float]:
+    """(cross-entropy over the full vocabulary where a label exists, teacher-forced accuracy on answer words).
 
-    Logits are 151,936 wide, so only labelled positions go through lm_head. The counts leave out the
-    trivial ``<|im_end|>`` targets; every answer of the task is one token, so they track answer accuracy.
+    Logits are 151,936 wide, so only labelled positions go through lm_head. The accuracy leaves out the
+    trivial ``<|im_end|>`` targets; every answer of the task is one token, so it tracks answer accuracy.
     """
     import torch
 
     labels = batch.pop("labels")
-    kinds = batch.pop("answer_kinds")[:, 1:]
     hidden_BSH = model.model(**batch).last_hidden_state
     targets = labels[:, 1:]
     keep = targets != IGNORE
     logits_KV = model.lm_head(hidden_BSH[:, :-1][keep])
     wanted_K = targets[keep]
-    right_K = logits_KV.argmax(-1) == wanted_K
-    kind_K = kinds[keep]
-    counts = [(int(right_K[kind_K == k].sum()), int((kind_K == k).sum())) for k in range(len(shapes_task.ALL_KINDS))]
-    return torch.nn.functional.cross_entropy(logits_KV, wanted_K), counts
-
-
-def _accuracies(counts: list[list[tuple[int, int]]]) -> dict[str, float]:
-    """Teacher-forced answer accuracy over some steps: overall and per question kind."""
-    right = [sum(step[k][0] for step in counts) for k in range(len(shapes_task.ALL_KINDS))]
-    asked = [sum(step[k][1] for step in counts) for k in range(len(shapes_task.ALL_KINDS))]
-    out = {"all": round(sum(right) / max(1, sum(asked)), 4)}
-    out.update({kind: round(r / max(1, a), 4) for kind, r, a in zip(shapes_task.ALL_KINDS, right, asked)})
-    return out
-
-
-def _accuracy_text(counts: list[list[tuple[int, int]]]) -> str:
-    return " ".join(f"{k} {v:.3f}" for k, v in _accuracies(counts).items())
+    words = wanted_K != IM_END_ID
+    accuracy = (logits_KV[words].argmax(-1) == wanted_K[words]).float().mean().item()
+    return torch.nn.functional.cross_entropy(logits_KV, wanted_K), accuracy
 
 
 def count_parameters(model: Any) -> dict[str, int]:
@@ -273,29 +282,26 @@ def train(folder: Path, cfg: TrainConfig) -> dict[str, Any]:
     optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
 
     losses: list[float] = []
-    counts: list[list[tuple[int, int]]] = []
-    asked_kinds = shapes_task.ALL_KINDS if cfg.training_only_questions else shapes_task.QUESTION_KINDS
+    accuracies: list[float] = []
     start = time.perf_counter()
     for step in range(cfg.steps):
         # Several questions per picture: one vision pass feeds cfg.turns supervised answers.
-        max_shapes = 1 if step < cfg.single_shape_steps else 3
-        dialogues = [shapes_task.make_dialogue(cfg.data_seed, step * cfg.batch_size + i, cfg.turns, asked_kinds, max_shapes)
-                     for i in range(cfg.batch_size)]
-        encoded = [encoder.encode_dialogue(d) for d in dialogues]
-        examples, continuations, labels, answer_kinds = (list(x) for x in zip(*encoded))
+        encoded = [encoder.encode_dialogue(shapes_task.make_dialogue(cfg.data_seed, step * cfg.batch_size + i, cfg.turns))
+                   for i in range(cfg.batch_size)]
+        examples, continuations, labels = (list(x) for x in zip(*encoded))
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, cfg) * group["lr_scale"]
-        loss, step_counts = answer_loss(model, collate(examples, continuations, labels, answer_kinds))
-        counts.append(step_counts)
+        loss, accuracy = answer_loss(model, collate(examples, continuations, labels))
+        accuracies.append(accuracy)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
         optimizer.step()
         losses.append(loss.item())
         if step % 20 == 0 or step == cfg.steps - 1:
-            recent = losses[-20:]
-            log.info("step %d/%d loss %.4f answer accuracy (teacher forced) %s (%.0f s)", step, cfg.steps,
-                     sum(recent) / len(recent), _accuracy_text(counts[-20:]), time.perf_counter() - start)
+            recent, recent_acc = losses[-20:], accuracies[-20:]
+            log.info("step %d/%d loss %.4f answer accuracy (teacher forced) %.3f (%.0f s)", step, cfg.steps,
+                     sum(recent) / len(recent), sum(recent_acc) / len(recent_acc), time.perf_counter() - start)
     seconds = time.perf_counter() - start
 
     torch.set_num_threads(threads)
@@ -303,7 +309,7 @@ def train(folder: Path, cfg: TrainConfig) -> dict[str, Any]:
     model.save_pretrained(str(folder))
     return {"parameters": params, "train_seconds": round(seconds, 1), "torch_threads": cfg.threads,
             "losses_every_20": [round(x, 4) for x in losses[::20]], "final_loss_avg20": round(sum(losses[-20:]) / 20, 4),
-            "final_answer_accuracy_last100": _accuracies(counts[-100:])}
+            "final_answer_accuracy_avg20": round(sum(accuracies[-20:]) / 20, 4)}
 
 
 def _write_preprocessor_config(folder: Path, cfg: TrainConfig) -> None:
@@ -350,14 +356,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="train (or fetch from cache) the tiny Qwen3-VL shapes model")
     p.add_argument("--cache-dir", type=Path, default=None, help="default $BUILDER_QWEN3VL_CACHE or ~/.cache/builder_qwen3vl")
     p.add_argument("--force", action="store_true", help="train again even if cached")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
-                   help="override a TrainConfig field, e.g. --set steps=3000 (changes the cache key)")
+    p.add_argument("--steps", type=int, default=None, help="override the number of steps (changes the cache key)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    try:
-        cfg = with_overrides(DEFAULT_CONFIG, args.overrides)
-    except ValueError as exc:
-        p.error(str(exc))
+    cfg = DEFAULT_CONFIG if args.steps is None else dataclasses.replace(DEFAULT_CONFIG, steps=args.steps)
     folder = trained_checkpoint(args.cache_dir, cfg, force=args.force)
     print(folder)
     return 0
