@@ -31,16 +31,14 @@ for i in range(n):
     for j, d in enumerate(out.deepstack_features):
         feats[f"ds{j}"].append(d)
     H, W = h * 16, w * 16
-    masks = {}
-    for name, table, key in (("kind", KIND, "kind"), ("col", COL, "colour")):
-        m = Image.new("L", image.size, 0); dr = ImageDraw.Draw(m)
-        for s in shapes:
-            v = table[getattr(s, key)]
-            x0, y0, x1, y1 = s.box
-            if s.kind == "circle": dr.ellipse(s.box, fill=v)
-            elif s.kind == "square": dr.rectangle(s.box, fill=v)
-            else: dr.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=v)
-        masks[name] = torch.tensor(list(m.resize((W, H), Image.NEAREST).getdata())).view(H, W)
+    # Label masks drawn by the task's own _draw (one shape per layer; every task colour has all channels > 0).
+    masks = {"kind": torch.zeros(H, W, dtype=torch.long), "col": torch.zeros(H, W, dtype=torch.long)}
+    for s in shapes:
+        layer = Image.new("RGB", image.size, (0, 0, 0))
+        shapes_task._draw(ImageDraw.Draw(layer), s)
+        covered = torch.tensor(list(layer.convert("L").resize((W, H), Image.NEAREST).getdata())).view(H, W) > 0
+        masks["kind"][covered] = KIND[s.kind]
+        masks["col"][covered] = COL[s.colour]
     for r in range(h // 2):
         for c in range(w // 2):
             blk = masks["kind"][r*32:(r+1)*32, c*32:(c+1)*32].flatten()
