@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
 
+MERGED_PATCH = 32  # pixels per side of one merged vision token (patch 16 x spatial merge 2)
+
 SHAPES = ("circle", "square", "triangle")
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -171,3 +173,31 @@ def make_dialogue(seed: int, index: int, turns: int) -> Dialogue:
 
 def make_samples(seed: int, count: int, start: int = 0) -> list[Sample]:
     return [make_sample(seed, start + i) for i in range(count)]
+
+
+def token_labels(shapes: tuple[Shape, ...], image_size: tuple[int, int], grid_hw: tuple[int, int]) -> tuple[list[int], list[int]]:
+    """Per merged vision token, row-major: (shape kind, colour) as 1-based indices into SHAPES / COLOURS, 0 for background.
+
+    ``grid_hw`` is the merged grid (patch grid / 2) of the processed picture, whose pixel size is
+    grid * MERGED_PATCH; the shapes are scaled from ``image_size`` to it. A token takes the shape that
+    covers most of its pixels if that is at least 1/16 of them (a sliver of an edge stays background).
+    """
+    rows, cols = grid_hw
+    width, height = cols * MERGED_PATCH, rows * MERGED_PATCH
+    sx, sy = width / image_size[0], height / image_size[1]
+    best = [0] * (rows * cols)
+    kinds, colours = [0] * (rows * cols), [0] * (rows * cols)
+    for shape in shapes:
+        x0, y0, x1, y1 = shape.box
+        layer = Image.new("RGB", (width, height), (0, 0, 0))
+        _draw(ImageDraw.Draw(layer), Shape(shape.kind, shape.colour, (x0 * sx, y0 * sy, x1 * sx, y1 * sy)))
+        covered = layer.convert("L").point(lambda v: 255 if v else 0)
+        # Share of each token's pixels covered: a box-filter downscale by MERGED_PATCH (in 1/255 steps).
+        shares = covered.resize((cols, rows), Image.BOX).getdata()
+        for i, share in enumerate(shares):
+            pixels = share / 255 * MERGED_PATCH * MERGED_PATCH
+            if pixels >= MERGED_PATCH * MERGED_PATCH / 16 and pixels > best[i]:
+                best[i] = pixels
+                kinds[i] = SHAPES.index(shape.kind) + 1
+                colours[i] = list(COLOURS).index(shape.colour) + 1
+    return kinds, colours

