@@ -55,3 +55,40 @@ def test_training_labels_are_the_answers_and_their_im_end(tmp_path: Path) -> Non
     assert labelled == expected
     # The first turn is the evaluation prompt: the same ids as a single-question encoding.
     assert example["input_ids"] == encoder.encode(dialogue.image, dialogue.turns[0][1])["input_ids"]
+
+
+_KIND = {k: i + 1 for i, k in enumerate(shapes_task.SHAPES)}
+_COLOUR = {c: i + 1 for i, c in enumerate(shapes_task.COLOURS)}
+
+
+def test_token_labels_follow_the_shapes_on_the_merged_grid() -> None:
+    # 128x64 px picture = a 2x4 merged grid of 32 px tokens (no resize needed).
+    square = shapes_task.Shape("square", "red", (0, 0, 31, 31))  # exactly token (0, 0)
+    circle = shapes_task.Shape("circle", "blue", (70, 10, 120, 60))  # centre (95, 35): tokens of columns 2-3
+    kinds, colours = shapes_task.token_labels((square, circle), (128, 64), (2, 4))
+    assert (kinds[0], colours[0]) == (_KIND["square"], _COLOUR["red"])
+    assert kinds[1] == 0 and kinds[4] == 0 and kinds[5] == 0  # nothing drawn there
+    assert {kinds[i] for i in (2, 3, 6, 7)} == {_KIND["circle"]}
+    assert {colours[i] for i in (2, 3, 6, 7)} == {_COLOUR["blue"]}
+
+
+def test_token_labels_scale_with_the_processed_size() -> None:
+    # The same scene drawn at half the processed size: labels are computed in processed-grid pixels.
+    square = shapes_task.Shape("square", "green", (0, 0, 15, 15))
+    kinds, colours = shapes_task.token_labels((square,), (64, 32), (2, 4))
+    assert kinds == [_KIND["square"]] + [0] * 7 and colours[0] == _COLOUR["green"]
+
+
+def test_token_labels_match_the_processor_grid(tmp_path: Path) -> None:
+    from builder_qwen3vl.testing.tokenizer import write_tokenizer
+    from builder_qwen3vl.testing.train_tiny import Encoder
+
+    write_tokenizer(tmp_path)
+    encoder = Encoder(tmp_path, DEFAULT_CONFIG.min_pixels, DEFAULT_CONFIG.max_pixels)
+    for index in range(10):
+        sample = shapes_task.make_sample(shapes_task.TRAIN_SEED, index)
+        _, h, w = (int(v) for v in encoder.encode(sample.image, sample.question)["image_grid_thw"][0])
+        kinds, _ = shapes_task.token_labels(sample.shapes, sample.image.size, (h // 2, w // 2))
+        assert len(kinds) == h * w // 4
+        # Every shape of the task is large enough to own at least one token.
+        assert {shapes_task.SHAPES[k - 1] for k in kinds if k} == {s.kind for s in sample.shapes}

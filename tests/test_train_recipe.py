@@ -1,0 +1,64 @@
+"""The training recipe's plumbing: overrides, the per-kind log, the training-only vision head (seconds)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from builder_qwen3vl.testing.train_config import DEFAULT_CONFIG, with_overrides
+
+
+def test_overrides_parse_each_field_type() -> None:
+    cfg = with_overrides(DEFAULT_CONFIG, ["steps=7", "learning_rate=1e-3", "deepstack_visual_indexes=0,2"])
+    assert (cfg.steps, cfg.learning_rate, cfg.deepstack_visual_indexes) == (7, 1e-3, (0, 2))
+    assert dataclasses.replace(cfg, steps=DEFAULT_CONFIG.steps, learning_rate=DEFAULT_CONFIG.learning_rate,
+                               deepstack_visual_indexes=DEFAULT_CONFIG.deepstack_visual_indexes) == DEFAULT_CONFIG
+
+
+@pytest.mark.parametrize("item, message", [
+    ("steps=ten", "--set steps: 'ten' is not a int"),
+    ("deepstack_visual_indexes=", "--set deepstack_visual_indexes: '' is not comma-separated integers"),
+    ("nonsense=1", "--set 'nonsense=1': expected NAME=VALUE"),
+    ("steps", "--set 'steps': expected NAME=VALUE"),
+])
+def test_bad_overrides_name_the_field(item: str, message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        with_overrides(DEFAULT_CONFIG, [item])
+    assert str(info.value).startswith(message)
+
+
+def test_accuracy_log_says_na_for_kinds_not_asked() -> None:
+    from builder_qwen3vl.testing.train_tiny import _accuracy_text
+
+    text = _accuracy_text([("colour", True), ("colour", False), ("count", True)])
+    assert text == "all 0.667 colour 0.500 count 1.000 left_of n/a presence n/a"
+
+
+def test_vision_head_trains_and_is_not_saved(tmp_path: Path) -> None:
+    """Two steps with the training-only vision head: it sees one label per merged token, the loss is
+    finite, and the saved folder is a plain Qwen3-VL checkpoint with the same tensor names as before."""
+    from safetensors import safe_open
+
+    from builder_qwen3vl.testing.checkpoints import write_checkpoint
+    from builder_qwen3vl.testing.train_tiny import _write_preprocessor_config, model_config, train
+
+    cfg = dataclasses.replace(DEFAULT_CONFIG, steps=2, batch_size=2, turns=2, vision_aux_weight=1.0,
+                              hidden_size=64, intermediate_size=128, vision_hidden_size=64, vision_intermediate_size=128)
+    write_checkpoint(tmp_path, model_config(cfg), seed=0)
+    _write_preprocessor_config(tmp_path, cfg)
+
+    def names() -> set[str]:
+        found: set[str] = set()
+        for shard in tmp_path.glob("*.safetensors"):
+            with safe_open(str(shard), "pt") as f:
+                found |= set(f.keys())
+        return found
+
+    before = names()
+    record = train(tmp_path, cfg)
+    assert all(loss == loss and loss < 100 for loss in record["losses_every_20"])  # finite
+    assert names() == before
+    assert json.loads((tmp_path / "config.json").read_text())["architectures"] == ["Qwen3VLForConditionalGeneration"]
