@@ -73,22 +73,36 @@ def test_token_labels_follow_the_shapes_on_the_merged_grid() -> None:
 
 
 def test_token_labels_scale_with_the_processed_size() -> None:
-    # The same scene drawn at half the processed size: labels are computed in processed-grid pixels.
-    square = shapes_task.Shape("square", "green", (0, 0, 15, 15))
+    # A 64x32 picture processed at 128x64: x 20..31 becomes 40..62, inside token 1 (unscaled it is token 0).
+    square = shapes_task.Shape("square", "green", (20, 0, 31, 15))
     kinds, colours = shapes_task.token_labels((square,), (64, 32), (2, 4))
-    assert kinds == [_KIND["square"]] + [0] * 7 and colours[0] == _COLOUR["green"]
+    assert kinds == [0, _KIND["square"]] + [0] * 6 and colours[1] == _COLOUR["green"]
 
 
-def test_token_labels_match_the_processor_grid(tmp_path: Path) -> None:
+def test_token_labels_match_the_processor_pixels(tmp_path: Path) -> None:
+    """Labels against what the vision tower is given: HF's processor output, one merged token = 4
+    consecutive patch rows (row-major over the merged grid), each patch (channel, time, 16, 16)."""
     from builder_qwen3vl.testing.tokenizer import write_tokenizer
     from builder_qwen3vl.testing.train_tiny import Encoder
 
     write_tokenizer(tmp_path)
     encoder = Encoder(tmp_path, DEFAULT_CONFIG.min_pixels, DEFAULT_CONFIG.max_pixels)
-    for index in range(10):
+    colour_of = {tuple(c / 255 for c in rgb): i + 1 for i, rgb in enumerate(shapes_task.COLOURS.values())}
+    for index in range(12):
         sample = shapes_task.make_sample(shapes_task.TRAIN_SEED, index)
-        _, h, w = (int(v) for v in encoder.encode(sample.image, sample.question)["image_grid_thw"][0])
-        kinds, _ = shapes_task.token_labels(sample.shapes, sample.image.size, (h // 2, w // 2))
-        assert len(kinds) == h * w // 4
-        # Every shape of the task is large enough to own at least one token.
+        encoded = encoder.encode(sample.image, sample.question)
+        _, h, w = (int(v) for v in encoded["image_grid_thw"][0])
+        kinds, colours = shapes_task.token_labels(sample.shapes, sample.image.size, (h // 2, w // 2))
+        # Back to [0, 1] RGB, one row of 4 * 16 * 16 pixels per merged token (first frame of the pair).
+        rgb_TC4PP = (encoded["pixel_values"].view(-1, 4, 3, 2, 16, 16)[:, :, :, 0] * 0.5 + 0.5).transpose(1, 2)
+        rgb_TNC = rgb_TC4PP.reshape(len(kinds), 3, -1).transpose(1, 2)
+        coloured_TN = (rgb_TNC.max(-1).values - rgb_TNC.min(-1).values) > 0.3  # the grey background has none
+        share_T = coloured_TN.float().mean(-1)
+        for t, (kind, colour) in enumerate(zip(kinds, colours)):
+            if share_T[t] >= 0.25:  # mostly shape: labelled, with the colour of its pixels
+                pixels = rgb_TNC[t][coloured_TN[t]].mean(0)
+                nearest = min(colour_of, key=lambda c: sum((a - b) ** 2 for a, b in zip(c, pixels.tolist())))
+                assert kind > 0 and colour == colour_of[nearest], (index, t)
+            if share_T[t] == 0:  # no shape pixel at all: background
+                assert kind == 0, (index, t)
         assert {shapes_task.SHAPES[k - 1] for k in kinds if k} == {s.kind for s in sample.shapes}

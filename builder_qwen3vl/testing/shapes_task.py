@@ -193,7 +193,9 @@ def token_labels(shapes: tuple[Shape, ...], image_size: tuple[int, int], grid_hw
         _draw(ImageDraw.Draw(layer), Shape(shape.kind, shape.colour, (x0 * sx, y0 * sy, x1 * sx, y1 * sy)))
         covered = layer.convert("L").point(lambda v: 255 if v else 0)
         # Share of each token's pixels covered: a box-filter downscale by MERGED_PATCH (in 1/255 steps).
-        shares = covered.resize((cols, rows), Image.BOX).getdata()
+        small = covered.resize((cols, rows), Image.BOX)
+        # get_flattened_data replaces getdata (deprecated in Pillow 13); same row-major values.
+        shares = small.get_flattened_data() if hasattr(small, "get_flattened_data") else small.getdata()
         for i, share in enumerate(shares):
             pixels = share / 255 * MERGED_PATCH * MERGED_PATCH
             if pixels >= MERGED_PATCH * MERGED_PATCH / 16 and pixels > best[i]:

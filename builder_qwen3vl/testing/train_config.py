@@ -66,17 +66,12 @@ def with_overrides(cfg: TrainConfig, assignments: list[str]) -> TrainConfig:
         if not sep or name not in fields:
             raise ValueError(f"--set '{item}': expected NAME=VALUE with NAME one of {', '.join(sorted(fields))}")
         current = getattr(cfg, name)
+        expected = {tuple: "comma-separated integers", int: "an integer", float: "a number"}[type(current)]
         try:
-            if isinstance(current, bool):
-                if value.lower() not in ("true", "false"):
-                    raise ValueError
-                changes[name] = value.lower() == "true"
-            elif isinstance(current, tuple):
+            if isinstance(current, tuple):
                 changes[name] = tuple(int(v) for v in value.split(","))
             else:
                 changes[name] = type(current)(value)
         except ValueError:
-            kind = "true or false" if isinstance(current, bool) else \
-                "comma-separated integers" if isinstance(current, tuple) else f"a {type(current).__name__}"
-            raise ValueError(f"--set {name}: '{value}' is not {kind}") from None
+            raise ValueError(f"--set {name}: '{value}' is not {expected}") from None
     return dataclasses.replace(cfg, **changes)

