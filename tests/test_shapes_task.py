@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import pytest
 
 from builder_qwen3vl.testing import shapes_task
 from builder_qwen3vl.testing.train_tiny import DEFAULT_CONFIG
@@ -41,12 +41,20 @@ def test_dialogue_starts_with_the_single_question_sample() -> None:
         assert first == (sample.kind, sample.question, sample.answer)
 
 
-def test_training_labels_are_the_answers_and_their_im_end(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory: pytest.TempPathFactory):
+    """The training encoder (real tokenizer and chat template, HF's PIL image processor)."""
     from builder_qwen3vl.testing.tokenizer import write_tokenizer
-    from builder_qwen3vl.testing.train_tiny import IGNORE, Encoder
+    from builder_qwen3vl.testing.train_tiny import Encoder
 
-    write_tokenizer(tmp_path)
-    encoder = Encoder(tmp_path, DEFAULT_CONFIG.min_pixels, DEFAULT_CONFIG.max_pixels)
+    folder = tmp_path_factory.mktemp("tokenizer")
+    write_tokenizer(folder)
+    return Encoder(folder, DEFAULT_CONFIG.min_pixels, DEFAULT_CONFIG.max_pixels)
+
+
+def test_training_labels_are_the_answers_and_their_im_end(encoder) -> None:
+    from builder_qwen3vl.testing.train_tiny import IGNORE
+
     dialogue = shapes_task.make_dialogue(shapes_task.TRAIN_SEED, 5, DEFAULT_CONFIG.turns)
     example, ids, labels = encoder.encode_dialogue(dialogue)
     assert len(ids) == len(labels)
@@ -79,14 +87,9 @@ def test_token_labels_scale_with_the_processed_size() -> None:
     assert kinds == [0, _KIND["square"]] + [0] * 6 and colours[1] == _COLOUR["green"]
 
 
-def test_token_labels_match_the_processor_pixels(tmp_path: Path) -> None:
+def test_token_labels_match_the_processor_pixels(encoder) -> None:
     """Labels against what the vision tower is given: HF's processor output, one merged token = 4
     consecutive patch rows (row-major over the merged grid), each patch (channel, time, 16, 16)."""
-    from builder_qwen3vl.testing.tokenizer import write_tokenizer
-    from builder_qwen3vl.testing.train_tiny import Encoder
-
-    write_tokenizer(tmp_path)
-    encoder = Encoder(tmp_path, DEFAULT_CONFIG.min_pixels, DEFAULT_CONFIG.max_pixels)
     colour_of = {tuple(c / 255 for c in rgb): i + 1 for i, rgb in enumerate(shapes_task.COLOURS.values())}
     for index in range(12):
         sample = shapes_task.make_sample(shapes_task.TRAIN_SEED, index)
