@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The tiny model's config starts from ../shared/reference beside this checkout. The testing helpers find
+# it from their own path only in an editable install; the README's `pip install .` puts them elsewhere.
+os.environ.setdefault("BUILDER_QWEN3VL_SHARED", str(Path(__file__).resolve().parents[2] / "shared"))
 
 from chat import exact_grid_copies, generate  # noqa: E402
 
