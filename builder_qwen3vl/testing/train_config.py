@@ -18,7 +18,7 @@ from . import shapes_task
 class TrainConfig:
     # text decoder
     hidden_size: int = 128
-    num_hidden_layers: int = 4
+    num_hidden_layers: int = 6  # 4 learned the same except left/right (52 % vs 64 % on 1,000 held-out)
     num_attention_heads: int = 4
     num_key_value_heads: int = 2
     head_dim: int = 32
