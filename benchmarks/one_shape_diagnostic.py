@@ -12,7 +12,8 @@ prints the teacher-forced accuracy per question over its last 320 answers and th
 reaching the vision position table and the patch embedding. ``--aux W`` adds the training-only vision
 head (train_tiny.VisionTokenHead) with weight W.
 
-docs/trained_model.md quotes d0, d1 and d3 (d1 and d3 were stopped at steps 560 and 280). They ran an
+docs/trained_model.md quotes d0, d1 and d3 (d1 and d3 were stopped after steps 580 and 280). They ran with 4
+decoder layers, the default then; the script pins that. They ran an
 earlier copy of this script whose vision-head labels were an inline version of shapes_task.token_labels
 (same rule, "more than 64 px" instead of ">= 1/16 of the token in 1/255 steps").
 """
@@ -75,7 +76,8 @@ def main() -> None:
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
-    cfg = dataclasses.replace(tt.DEFAULT_CONFIG, steps=args.steps, vision_pos_embed_std=args.pos_std, learning_rate=args.lr)
+    cfg = dataclasses.replace(tt.DEFAULT_CONFIG, steps=args.steps, vision_pos_embed_std=args.pos_std, learning_rate=args.lr,
+                              num_hidden_layers=4)
     shutil.rmtree(args.out, ignore_errors=True)
     write_checkpoint(args.out, tt.model_config(cfg), seed=0)
     tt._write_preprocessor_config(args.out, cfg)

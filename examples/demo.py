@@ -3,7 +3,7 @@ generated picture through onnxruntime-genai.
 
     python examples/demo.py [--workdir demo] [--precision int4] [--index 0]
 
-The model (about 3M parameters besides the real 151,936-row embedding table) was trained on a
+The model (about 3.5M parameters besides the real 151,936-row embedding table) was trained on a
 synthetic shapes task (builder_qwen3vl.testing.shapes_task): coloured circles, squares and
 triangles, asked about colour, count, presence and left/right order. The first run trains it on
 CPU (about 40 minutes, one core) and caches it in $BUILDER_QWEN3VL_CACHE or ~/.cache/builder_qwen3vl; later

@@ -13,8 +13,8 @@ from builder_qwen3vl.testing.train_config import DEFAULT_CONFIG, with_overrides
 
 
 def test_overrides_parse_each_field_type() -> None:
-    cfg = with_overrides(DEFAULT_CONFIG, ["steps=7", "learning_rate=1e-3", "deepstack_visual_indexes=0,2"])
-    assert (cfg.steps, cfg.learning_rate, cfg.deepstack_visual_indexes) == (7, 1e-3, (0, 2))
+    cfg = with_overrides(DEFAULT_CONFIG, ["steps=7", "learning_rate=2e-4", "deepstack_visual_indexes=0,2"])
+    assert (cfg.steps, cfg.learning_rate, cfg.deepstack_visual_indexes) == (7, 2e-4, (0, 2))
     assert dataclasses.replace(cfg, steps=DEFAULT_CONFIG.steps, learning_rate=DEFAULT_CONFIG.learning_rate,
                                deepstack_visual_indexes=DEFAULT_CONFIG.deepstack_visual_indexes) == DEFAULT_CONFIG
 
