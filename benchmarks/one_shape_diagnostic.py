@@ -7,10 +7,10 @@
 Each picture (the shapes task's sizes and colours, one shape, its centre at least 8 % of the width
 away from the middle) gets three questions in a shuffled multi-turn chat: "Is the shape in the left
 half?", "What colour is the shape?", "What shape is in the picture?". The model, encoder, batching and
-lr schedule are train_tiny's (the recipe's other values from train_config); every 20 steps the log
+lr schedule are training.py's (the recipe's other values from train_config); every 20 steps the log
 prints the teacher-forced accuracy per question over its last 320 answers and the gradient norms
 reaching the vision position table and the patch embedding. ``--aux W`` adds the training-only vision
-head (train_tiny.VisionTokenHead) with weight W.
+head (training.VisionTokenHead) with weight W.
 
 docs/trained_model.md quotes d0, d1 and d3 (d1 and d3 were stopped after steps 580 and 280). They ran with 4
 decoder layers, the default then; the script pins that. They ran an
@@ -32,7 +32,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from builder_qwen3vl.testing import shapes_task as st
-from builder_qwen3vl.testing import train_tiny as tt
+from builder_qwen3vl.testing import training as tt
 from builder_qwen3vl.testing.checkpoints import write_checkpoint
 
 log = logging.getLogger("one_shape_diagnostic")
@@ -80,15 +80,15 @@ def main() -> None:
                               num_hidden_layers=4)
     shutil.rmtree(args.out, ignore_errors=True)
     write_checkpoint(args.out, tt.model_config(cfg), seed=0)
-    tt._write_preprocessor_config(args.out, cfg)
+    tt.write_preprocessor_config(args.out, cfg)
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     from transformers import Qwen3VLForConditionalGeneration
 
     model = Qwen3VLForConditionalGeneration.from_pretrained(str(args.out), dtype=torch.float32, attn_implementation="eager")
     table = model.get_input_embeddings().weight
-    with torch.no_grad():  # as train_tiny.train
-        table.mul_(cfg.embedding_std)
+    with torch.no_grad():  # as training.train
+        table.copy_(torch.from_numpy(tt.embedding_table(*table.shape, cfg.embedding_std, cfg.seed)))
         model.model.visual.pos_embed.weight.mul_(args.pos_std)
     table.requires_grad_(False)
     encoder = tt.Encoder(args.out, cfg.min_pixels, cfg.max_pixels)
@@ -103,7 +103,7 @@ def main() -> None:
         dialogues = [dialogue(step * cfg.batch_size + i) for i in range(cfg.batch_size)]
         examples, continuations, labels = (list(x) for x in zip(*map(encoder.encode_dialogue, dialogues)))
         for group in optimizer.param_groups:
-            group["lr"] = tt._lr_at(step, cfg)
+            group["lr"] = tt.lr_at(step, cfg)
         loss, right = tt.answer_loss(model, tt.collate(examples, continuations, labels))
         for (kind, _, _), ok in zip((t for d in dialogues for t in d.turns), right):
             history.setdefault(kind, []).append(ok)

@@ -12,7 +12,7 @@ import sys, torch, random
 from pathlib import Path
 from PIL import Image, ImageDraw
 from builder_qwen3vl.testing import shapes_task, evaluate
-from builder_qwen3vl.testing.train_tiny import Encoder
+from builder_qwen3vl.testing.training import Encoder
 torch.set_num_threads(1)
 ck = Path(sys.argv[1]); n = int(sys.argv[2]) if len(sys.argv) > 2 else 600
 model = evaluate.load_hf(ck); enc = Encoder.for_checkpoint(ck)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from builder_qwen3vl.testing import shapes_task
-from builder_qwen3vl.testing.train_tiny import DEFAULT_CONFIG
+from builder_qwen3vl.testing.train_config import DEFAULT_CONFIG
 
 
 def _expected_answer(kind: str, question: str, shapes: tuple[shapes_task.Shape, ...]) -> str:
@@ -45,7 +45,7 @@ def test_dialogue_starts_with_the_single_question_sample() -> None:
 def encoder(tmp_path_factory: pytest.TempPathFactory):
     """The training encoder (real tokenizer and chat template, HF's PIL image processor)."""
     from builder_qwen3vl.testing.tokenizer import write_tokenizer
-    from builder_qwen3vl.testing.train_tiny import Encoder
+    from builder_qwen3vl.testing.training import Encoder
 
     folder = tmp_path_factory.mktemp("tokenizer")
     write_tokenizer(folder)
@@ -53,7 +53,7 @@ def encoder(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_training_labels_are_the_answers_and_their_im_end(encoder) -> None:
-    from builder_qwen3vl.testing.train_tiny import IGNORE
+    from builder_qwen3vl.testing.training import IGNORE
 
     dialogue = shapes_task.make_dialogue(shapes_task.TRAIN_SEED, 5, DEFAULT_CONFIG.turns)
     example, ids, labels = encoder.encode_dialogue(dialogue)

@@ -1,8 +1,8 @@
 """The tiny trained Qwen3-VL answers held-out questions about pictures, through HF and through og bundles.
 
-Trains the model on first use (about 40 minutes on one CPU core, then cached in $BUILDER_QWEN3VL_CACHE or
-~/.cache/builder_qwen3vl), then scores 60 held-out questions (pictures never seen in training)
-with HF transformers fp32 (reference), the fp32 bundle and the int4 bundle through og.
+The model is the one shipped with the package (builder_qwen3vl.testing.shipped_model, assembled in a
+temporary folder); 60 held-out questions (pictures never seen in training) are scored with HF
+transformers fp32 (reference), the fp32 bundle and the int4 bundle through og.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 
 from builder_qwen3vl.testing import shapes_task
 from builder_qwen3vl.testing.evaluate import Variant, evaluate, markdown_table
-from builder_qwen3vl.testing.train_tiny import trained_checkpoint
+from builder_qwen3vl.testing.shipped_model import shipped_checkpoint
 
 N_QUESTIONS = 60
 # The target from the brief: the visual task is learned (answering each kind with its most frequent answer
@@ -21,7 +21,7 @@ MIN_HF_ACCURACY = 0.85
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory):
-    checkpoint = trained_checkpoint()
+    checkpoint = shipped_checkpoint(tmp_path_factory.mktemp("cache"))
     variants = (Variant("og fp32", "fp32"), Variant("og int4", "int4"))
     scores = evaluate(checkpoint, N_QUESTIONS, tmp_path_factory.mktemp("bundles"), variants)
     print("\n" + markdown_table(scores))

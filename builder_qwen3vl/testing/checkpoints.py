@@ -1,7 +1,7 @@
 """Write Qwen3-VL checkpoint folders with random weights, offline.
 
-Tiny configs serve the tests; the real 2B/4B/8B shapes (from ../shared/reference) serve the
-benchmarks. Tensor names and shapes come from HF's own model class built on the meta device,
+Tiny configs serve the tests; the real 2B/4B/8B shapes (the released config.json files in data/reference)
+serve the benchmarks. Tensor names and shapes come from HF's own model class built on the meta device,
 so the folder is exactly what ``Qwen3VLForConditionalGeneration.from_pretrained`` expects.
 Tensors are generated one at a time and written shard by shard: peak memory is about one
 shard, not the whole model.
@@ -10,12 +10,13 @@ shard, not the whole model.
 from __future__ import annotations
 
 import copy
+import importlib.resources
 import json
 import logging
-import os
-import zlib
 from pathlib import Path
 from typing import Any
+
+from .random_init import random_tensor
 
 log = logging.getLogger(__name__)
 
@@ -23,23 +24,19 @@ REFERENCE_NAMES = ("2b", "4b", "8b")
 _DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
-def shared_dir() -> Path:
-    """``../shared`` beside the project checkout (override with BUILDER_QWEN3VL_SHARED)."""
-    env = os.environ.get("BUILDER_QWEN3VL_SHARED")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2].parent / "shared"
+def reference_json(filename: str) -> dict[str, Any]:
+    """A released Qwen3-VL file (transformers 4.57 format) kept as package data under data/reference."""
+    path = importlib.resources.files(__package__) / "data" / "reference" / filename
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; expected one of the reference files shipped with builder_qwen3vl.testing")
+    return json.loads(path.read_text())
 
 
 def reference_config(name: str) -> dict[str, Any]:
     """The released checkpoint's config.json (transformers 4.57 format) for '2b', '4b' or '8b'."""
     if name not in REFERENCE_NAMES:
         raise ValueError(f"reference config '{name}': expected one of {', '.join(REFERENCE_NAMES)}")
-    return json.loads((shared_dir() / "reference" / f"qwen3-vl-{name}-instruct.config.json").read_text())
-
-
-def reference_json(filename: str) -> dict[str, Any]:
-    return json.loads((shared_dir() / "reference" / filename).read_text())
+    return reference_json(f"qwen3-vl-{name}-instruct.config.json")
 
 
 def tiny_config(
@@ -126,30 +123,6 @@ def _meta_state_shapes(config: dict[str, Any]) -> list[tuple[str, tuple[int, ...
     ]
 
 
-def _random_tensor(name: str, shape: tuple[int, ...], seed: int, dtype: Any) -> Any:
-    """Deterministic per tensor (seeded by its name), whatever the sharding or order.
-
-    Scales keep activations O(1) so parity tests compare numbers that mean something:
-    linear/conv weights ~ N(0, 1/fan_in), embedding tables ~ N(0, 1), norm weights ~ 1 + N(0, 0.1^2),
-    biases ~ N(0, 0.1^2).
-    """
-    import torch
-
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
-    if len(shape) == 1:
-        values = torch.randn(shape, generator=gen) * 0.1
-        if name.endswith("norm.weight") or "norm1" in name or "norm2" in name or name.endswith("layernorm.weight"):
-            values += 1.0
-    elif name.endswith("embed_tokens.weight") or name.endswith("pos_embed.weight"):
-        values = torch.randn(shape, generator=gen)
-    else:
-        fan_in = 1
-        for d in shape[1:]:
-            fan_in *= d
-        values = torch.randn(shape, generator=gen) / fan_in**0.5
-    return values.to(dtype)
-
-
 def _shard_plan(shapes: list[tuple[str, tuple[int, ...]]], shards: int, itemsize: int) -> list[list[tuple[str, tuple[int, ...]]]]:
     total = sum(_numel(s) for _, s in shapes) * itemsize
     budget = total / shards
@@ -205,7 +178,7 @@ def write_checkpoint(
     weight_map: dict[str, str] = {}
     total_bytes = 0
     for shard_name, entries in zip(names, plan):
-        tensors = {name: _random_tensor(name, shape, seed, torch_dtype) for name, shape in entries}
+        tensors = {name: random_tensor(name, shape, seed, torch_dtype) for name, shape in entries}
         total_bytes += sum(t.numel() * t.element_size() for t in tensors.values())
         save_file(tensors, str(folder / shard_name), metadata={"format": "pt"})
         weight_map.update({name: shard_name for name in tensors})

@@ -4,7 +4,7 @@
 
 Reference (a): HF ``Qwen3VLForConditionalGeneration`` fp32, greedy, on inputs built here: the
 chat template with ``<|image_pad|>`` expanded to t*h*w/4 per grid and HF's PIL image processor
-for pixel_values (train_tiny.Encoder, the same path as training). Each og variant is a bundle
+for pixel_values (training.Encoder, the same path as training). Each og variant is a bundle
 built by ``builder_qwen3vl.build`` and run through og's own processor and generator (greedy),
 with each picture pre-resized by ``resize_for_og`` so og's grid equals HF's; the script also
 counts prompts whose og input_ids differ from HF's (expected: 0).
@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from . import shapes_task
-from .train_tiny import Encoder, collate, trained_checkpoint
+from .shipped_model import shipped_checkpoint
+from .training import IMAGE_TAG, Encoder, collate
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +111,6 @@ class OgRunner:
         self.resize = {k: int(resize[k]) for k in ("patch_size", "merge_size", "min_pixels", "max_pixels")}
 
     def prompt(self, question: str) -> str:
-        from .train_tiny import IMAGE_TAG
-
         messages = [{"role": "user", "content": IMAGE_TAG + question}]
         return self.tokenizer.apply_chat_template(messages=json.dumps(messages), add_generation_prompt=True)
 
@@ -244,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=300, help="number of held-out questions")
     p.add_argument("--seed", type=int, default=shapes_task.HELD_OUT_SEED, help="held-out sample stream")
     p.add_argument("--workdir", type=Path, default=Path("eval_bundles"), help="where bundles are built")
-    p.add_argument("--checkpoint", type=Path, default=None, help="default: the cached trained model (trains if absent)")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="default: the shipped trained model (builder_qwen3vl.testing.shipped_model)")
     p.add_argument("--cache-dir", type=Path, default=None)
     p.add_argument("--variant", action="append", default=[],
                    help="NAME=PRECISION[:key=value,...] (og/builder extra options); replaces the default variants")
@@ -253,9 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     # The builder's quantizers log one line per node at INFO on the root logger; keep only ours.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
-    for name in (__name__, "builder_qwen3vl.testing.train_tiny"):
+    for name in (__name__, "builder_qwen3vl.testing.shipped_model"):
         logging.getLogger(name).setLevel(logging.INFO)
-    checkpoint = args.checkpoint or trained_checkpoint(args.cache_dir)
+    checkpoint = args.checkpoint or shipped_checkpoint(args.cache_dir)
     variants = () if args.hf_only else tuple(Variant.parse(v) for v in args.variant) or DEFAULT_VARIANTS
     results = evaluate(checkpoint, args.n, args.workdir, variants, args.seed)
     print(markdown_table(results))

@@ -1,8 +1,8 @@
 """The tiny shapes model's training recipe, as data.
 
-Kept apart from train_tiny.py on purpose: the cache key hashes the training *code* (train_tiny.py,
-shapes_task.py, the checkpoint and tokenizer writers) and the config *values*, so making another
-recipe the default here reuses a folder already trained with those values.
+Kept apart from training.py on purpose: the recipe hash (shipped_model.recipe_hash) covers the
+training *code* byte for byte and these *values* by value, so making another recipe the default
+here reuses a folder already trained with those values.
 """
 
 from __future__ import annotations
