@@ -39,6 +39,7 @@ def build(options: BuildOptions) -> Path:
     """Build the bundle described by ``options``; return the output folder."""
     with step("reading checkpoint"):
         ckpt = read_checkpoint(options.input)
+    genai_config.resolve_max_length(options.max_length, ckpt.config)  # a bad max_length fails before any work
     check_output_folder(options.input, options.output, options.overwrite)
     with staged_output(options.output) as staging:
         write_bundle(ckpt, options, staging)
@@ -59,7 +60,9 @@ def write_bundle(ckpt: Checkpoint, options: BuildOptions, out: Path) -> None:
 
 def write_configs(ckpt: Checkpoint, options: BuildOptions, out: Path, og_genai: dict | None) -> None:
     cfg = ckpt.config
-    genai = genai_config.make_genai_config(cfg, options.execution_provider, og_genai)
+    genai = genai_config.make_genai_config(cfg, options.execution_provider, og_genai,
+                                           intra_op_num_threads=options.intra_op_num_threads,
+                                           max_length=options.max_length)
     genai_config.write_json(out / "genai_config.json", genai)
     genai_config.write_json(out / io_spec.PROCESSOR_CONFIG_FILENAME, genai_config.make_processor_config(cfg))
     for path in ckpt.tokenizer_files:

@@ -15,6 +15,8 @@ from typing import Any
 
 from . import io_spec
 from .config import Qwen3VLConfig
+from .errors import InputError
+from .options import DEFAULT_MAX_LENGTH
 from .resources import load_template
 
 DEFAULT_DECODER_INPUTS = {
@@ -35,14 +37,30 @@ def provider_options(execution_provider: str) -> list[dict[str, Any]]:
     return [] if execution_provider == "cpu" else [{execution_provider: {}}]
 
 
+def resolve_max_length(asked: int | None, cfg: Qwen3VLConfig) -> int:
+    """search.max_length: ``asked`` (at most the context length), else DEFAULT_MAX_LENGTH capped by it."""
+    context = cfg.text.max_position_embeddings
+    if asked is None:
+        return min(DEFAULT_MAX_LENGTH, context)
+    if asked > context:
+        raise InputError(f"--extra_options max_length={asked}: more than the checkpoint's context length {context} "
+                         "(config.json max_position_embeddings)")
+    return asked
+
+
 def make_genai_config(
     cfg: Qwen3VLConfig,
     execution_provider: str,
     og_genai: dict[str, Any] | None = None,
+    *,
+    intra_op_num_threads: int = 0,
+    max_length: int | None = None,
 ) -> dict[str, Any]:
     """Fill the template. ``og_genai`` is the genai_config og's builder wrote for the decoder, if any:
     its decoder input/output names, session options and KV-buffer sharing describe the graph it
-    built, so they win over ours."""
+    built, so they win over ours. ``intra_op_num_threads`` goes into each of the three sessions
+    (og 0.18 passes 0 on to onnxruntime: every physical core); ``max_length`` (at most
+    context_length) sizes og's KV buffer unless a request sets its own."""
     doc = load_template("genai_config.json")
     model = doc["model"]
     tok, text, vision = cfg.tokens, cfg.text, cfg.vision
@@ -93,9 +111,12 @@ def make_genai_config(
     )
     vis["session_options"]["provider_options"] = providers
 
+    for section in (decoder, embedding, vis):
+        section["session_options"]["intra_op_num_threads"] = intra_op_num_threads
+
     gen = cfg.generation
     doc["search"].update(
-        max_length=text.max_position_embeddings,
+        max_length=resolve_max_length(max_length, cfg),
         do_sample=gen.do_sample,
         top_k=gen.top_k,
         top_p=gen.top_p,

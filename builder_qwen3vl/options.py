@@ -18,12 +18,27 @@ EXECUTION_PROVIDERS = ("cpu", "cuda", "dml", "webgpu")
 # Our own keys, with the values each accepts (None: free-form).
 OWN_EXTRA_OPTIONS: dict[str, tuple[str, ...] | None] = {
     # Precision of the vision tower's linear weights; default depends on -p (see docs/vision_encoder.md).
-    "vision_precision": ("fp32", "fp16", "int8", "int4"),
+    "vision_precision": ("fp32", "fp16", "int8", "int4", "qint8", "quint8"),
     # Precision of the embedding table; default follows -p.
     "embeddings_precision": ("fp32", "fp16", "int4"),
     # Testing aid: build a decoder that ignores the DeepStack columns (parity tests must then fail).
     "deepstack": ("true", "false"),
+    # Run-time defaults written into genai_config.json (docs/bundle.md): intra-op threads of each of the
+    # three sessions (0: onnxruntime's default, every physical core) and search.max_length.
+    "intra_op_num_threads": None,
+    "max_length": None,
 }
+# og builder keys whose default we change: prefill computes the lm_head for the last position only
+# (og 0.18's runtime reads the [B, 1, V] logits); prune_lm_head=false gives logits for every position.
+OG_OPTION_DEFAULTS = {"prune_lm_head": "true"}
+# og's own default gives each session hardware_concurrency()/2 threads: one on a 2-core VM without SMT.
+DEFAULT_INTRA_OP_NUM_THREADS = 0
+# og sizes the shared KV buffer by search.max_length at every generator; context_length (262,144) would
+# be ~60 GB for 2B. 8,192 positions: 2B 1.8 GiB, 4B 2.3 GiB of float32 KV (more needs a per-request
+# max_length; computed, not measured: a 4,096-token image's vision attention scores alone would be
+# 16 heads x 16,384^2 float32 = 17 GB at the 2B shape, so larger prompts are out of reach on such a machine anyway).
+DEFAULT_MAX_LENGTH = 8192
+_INTEGER_OPTIONS = {"intra_op_num_threads": 0, "max_length": 1}  # key: smallest value allowed
 
 # Keys we set ourselves; a user may not override them because the bundle contract depends on them.
 RESERVED_EXTRA_OPTIONS = (
@@ -71,6 +86,10 @@ def validate_extra_options(options: dict[str, Any]) -> None:
         allowed = OWN_EXTRA_OPTIONS.get(key)
         if allowed is not None and str(value).lower() not in allowed:
             raise InputError(f"--extra_options: {key}={value} is not one of {', '.join(allowed)}")
+        if key in _INTEGER_OPTIONS:
+            low = _INTEGER_OPTIONS[key]
+            if not str(value).strip().isdigit() or int(value) < low:
+                raise InputError(f"--extra_options: {key}={value} is not an integer >= {low}")
 
 
 def validate_combination(precision: str, execution_provider: str, extra_options: dict[str, Any]) -> None:
@@ -123,5 +142,16 @@ class BuildOptions:
 
     @property
     def og_extra_options(self) -> dict[str, str]:
-        """The extra options that pass through to the og builder."""
-        return {k: v for k, v in self.extra_options.items() if k not in OWN_EXTRA_OPTIONS}
+        """The extra options that pass through to the og builder, over our defaults for og's keys."""
+        given = {k: v for k, v in self.extra_options.items() if k not in OWN_EXTRA_OPTIONS}
+        return {**OG_OPTION_DEFAULTS, **given}
+
+    @property
+    def intra_op_num_threads(self) -> int:
+        return int(self.extra_options.get("intra_op_num_threads", DEFAULT_INTRA_OP_NUM_THREADS))
+
+    @property
+    def max_length(self) -> int | None:
+        """search.max_length asked for, or None for the default (genai_config.resolve_max_length)."""
+        value = self.extra_options.get("max_length")
+        return None if value is None else int(value)

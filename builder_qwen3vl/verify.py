@@ -355,7 +355,8 @@ def _check_decoder(graph: Graph, model: dict[str, Any], width: int, embedding: G
     if len(report.failures) == before and logits is not None:
         report.passed.append(
             f"{graph.path.name}: inputs_embeds [B, S, {width}] {embeds.dtype if embeds else '?'}, position_ids [3, B, S], "
-            f"{layers} x KV [B, {kv_heads}, P, {head}] -> logits [B, S, {model['vocab_size']}]"
+            f"{layers} x KV [B, {kv_heads}, P, {head}] -> logits [B, {'1 (pruned lm_head)' if logits.dims[1] == 1 else 'S'}, "
+            f"{model['vocab_size']}]"
         )
 
 

@@ -39,6 +39,16 @@ def exact_grid_copies(paths: list[str], folder: Path, processor_config: Path) ->
     return out
 
 
+def load_model(bundle: str, threads: int | None = None) -> og.Model:
+    """og.Model for ``bundle``; ``threads`` overrides the intra-op thread count the bundle's
+    genai_config gives its three sessions (0 there: onnxruntime's default, every physical core)."""
+    config = og.Config(bundle)
+    if threads is not None:
+        session = {"session_options": {"intra_op_num_threads": threads}}
+        config.overlay(json.dumps({"model": {"decoder": session, "embedding": session, "vision": session}}))
+    return og.Model(config)
+
+
 def generate(model: og.Model, images: list[str], prompt: str, max_new_tokens: int = 64,
              system_prompt: str | None = None) -> Iterator[str]:
     """Stream the answer's text pieces, greedy, through og's own processor and generator."""
@@ -67,8 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt", default="Describe the picture.", help="the question")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--no-exact-grid", action="store_true", help="let og resize the images itself")
+    p.add_argument("--threads", type=int, default=None,
+                   help="intra-op threads of each session (default: the bundle's genai_config; 0 = every physical core)")
     args = p.parse_args(argv)
-    model = og.Model(args.model)
+    if args.threads is not None and args.threads < 0:
+        p.error(f"--threads {args.threads}: expected an integer >= 0")
+    model = load_model(args.model, args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         images = args.image
         if images and not args.no_exact_grid:

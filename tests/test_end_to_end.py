@@ -80,7 +80,14 @@ def fp32_bundle(ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def og_fp32(fp32_bundle: Path) -> og.Model:
+    """The default fp32 bundle: prefill computes the lm_head for the last position only (prune_lm_head)."""
     return og.Model(str(fp32_bundle))
+
+
+@pytest.fixture(scope="module")
+def og_fp32_full(ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> og.Model:
+    """The same bundle with logits for every prompt position (prune_lm_head=false): full-prefill parity."""
+    return og.Model(str(_build(ckpt, tmp_path_factory.mktemp("fp32_full"), "fp32", prune_lm_head="false")))
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +133,13 @@ def _decode_logits_diff(ref, got) -> float:
     return max_abs_diff(ref.step_logits[:steps], got.step_logits[:steps])
 
 
+def _comparable_rows(ref, got) -> tuple[np.ndarray, np.ndarray]:
+    """The step-logit rows of both runs up to the first differing token (row i is conditioned on tokens < i)."""
+    n = min(len(ref.tokens), len(got.tokens))
+    same = next((i for i in range(n) if ref.tokens[i] != got.tokens[i]), n - 1) + 1
+    return ref.step_logits[:same], got.step_logits[:same]
+
+
 def _og_prefill_logits(model: og.Model, case: Case) -> np.ndarray:
     return og_generate(model, og_process(model, case.prompt, case.paths), max_new_tokens=1).prefill_logits
 
@@ -154,11 +168,11 @@ def test_og_processor_matches_hf_image_processor(size, og_fp32, hf, image_dir) -
 # ---------------------------------------------------------------- 2. fp32 greedy + logits
 
 @pytest.mark.parametrize("case_name", list(CASES))
-def test_fp32_greedy_and_prefill_logits_match_hf(case_name, og_fp32, hf, cases) -> None:
+def test_fp32_greedy_and_prefill_logits_match_hf(case_name, og_fp32_full, hf, cases) -> None:
     case = cases[case_name]
-    inputs = og_process(og_fp32, case.prompt, case.paths)
+    inputs = og_process(og_fp32_full, case.prompt, case.paths)
     np.testing.assert_array_equal(og_numpy(inputs)["input_ids"].astype(np.int64), case.hf_inputs.input_ids.numpy())
-    got = og_generate(og_fp32, inputs, MAX_NEW_TOKENS)
+    got = og_generate(og_fp32_full, inputs, MAX_NEW_TOKENS)
     ref_logits = hf_prefill_logits(hf.model, case.hf_inputs)
     ref = hf_generate(hf.model, case.hf_inputs, MAX_NEW_TOKENS)
     diff = max_abs_diff(ref_logits, got.prefill_logits)
@@ -172,6 +186,43 @@ def test_fp32_greedy_and_prefill_logits_match_hf(case_name, og_fp32, hf, cases) 
     assert ref.min_margin > NEAR_TIE, f"{case_name}: HF greedy has a near-tie; choose another seed or prompt"
     assert got.tokens == ref.tokens
     assert decode_diff <= LOGITS_TOL
+
+
+@pytest.mark.parametrize("case_name", list(CASES))
+def test_pruned_default_greedy_matches_hf_and_full_logits(case_name, og_fp32, og_fp32_full, hf, cases) -> None:
+    """The default bundle (last-position logits in prefill) decodes the same tokens as the full-logits bundle
+    and as HF, and its one prefill row is the full bundle's last row."""
+    case = cases[case_name]
+    pruned = og_generate(og_fp32, og_process(og_fp32, case.prompt, case.paths), MAX_NEW_TOKENS)
+    full = og_generate(og_fp32_full, og_process(og_fp32_full, case.prompt, case.paths), MAX_NEW_TOKENS)
+    ref = hf_generate(hf.model, case.hf_inputs, MAX_NEW_TOKENS)
+    prompt_len = case.hf_inputs.input_ids.shape[1]
+    assert pruned.prefill_logits.shape == (1, 1, full.prefill_logits.shape[-1])
+    assert full.prefill_logits.shape[1] == prompt_len
+    last_row = max_abs_diff(pruned.prefill_logits[:, -1], full.prefill_logits[:, -1])
+    print(f"{case_name}: pruned vs full last prefill row max|diff| {last_row:.2e}, decode {_decode_logits_diff(full, pruned):.2e}")
+    assert last_row <= LOGITS_TOL  # the same MatMul on one row instead of all (measured: 0 or float rounding)
+    assert pruned.tokens == full.tokens == ref.tokens
+    assert _decode_logits_diff(ref, pruned) <= LOGITS_TOL
+
+
+def test_written_genai_config_carries_the_run_time_defaults_and_pins(fp32_bundle, ckpt, tmp_path) -> None:
+    written = json.loads((fp32_bundle / "genai_config.json").read_text())
+    assert {written["model"][s]["session_options"]["intra_op_num_threads"] for s in ("decoder", "embedding", "vision")} == {0}
+    assert written["search"]["max_length"] == 4096  # the tiny checkpoint's context: below the 8,192 default
+    pinned = _build(ckpt, tmp_path, "fp32", intra_op_num_threads="2", max_length="1024")
+    doc = json.loads((pinned / "genai_config.json").read_text())
+    assert {doc["model"][s]["session_options"]["intra_op_num_threads"] for s in ("decoder", "embedding", "vision")} == {2}
+    assert doc["search"]["max_length"] == 1024
+    og.Model(str(pinned))  # og's parser takes them
+
+
+def test_default_bundle_prunes_the_lm_head(fp32_bundle) -> None:
+    """model.onnx's logits are [batch, 1, vocab] (og 0.18 reads them as trimmed prefill logits)."""
+    graph = onnx.load(str(fp32_bundle / "model.onnx"), load_external_data=False).graph
+    (logits,) = [o for o in graph.output if o.name == "logits"]
+    dims = [d.dim_value or d.dim_param for d in logits.type.tensor_type.shape.dim]
+    assert dims[1] == 1, f"logits dims {dims}: expected [batch, 1, vocab]"
 
 
 # ---------------------------------------------------------------- 3. 720x1280 and the exact-grid helper
@@ -193,20 +244,20 @@ def test_720x1280_without_pre_resize_og_grid_differs(hd_image, og_fp32, hf) -> N
     assert og_grid == [[1, 46, 80]]  # og's smart_resize rounds 22.5 up (and truncates on upscale)
 
 
-def test_720x1280_pre_resized_matches_hf(hd_image, og_fp32, hf, image_dir) -> None:
+def test_720x1280_pre_resized_matches_hf(hd_image, og_fp32_full, hf, image_dir) -> None:
     img, _ = hd_image
     resized = resize_for_og(img)
     assert resized.size == (1280, 704)
     [path] = save_images(image_dir, [resized], "hd_resized")
     prompt = chat_prompt(hf.tokenizer, 1, USER_TEXT)
     ref_inputs = hf_inputs(hf.tokenizer, hf.image_processor, prompt, [img])  # HF resizes the original itself
-    inputs = og_process(og_fp32, prompt, [path])
+    inputs = og_process(og_fp32_full, prompt, [path])
     got_np = og_numpy(inputs)
     np.testing.assert_array_equal(got_np["image_grid_thw"], ref_inputs.image_grid_thw.numpy())
     np.testing.assert_array_equal(got_np["input_ids"].astype(np.int64), ref_inputs.input_ids.numpy())
     pixel_diff = max_abs_diff(got_np["pixel_values"], ref_inputs.pixel_values.numpy())
     new_tokens = 5  # prompt ~900 tokens: a short generation keeps the test fast; the logits check is full
-    got = og_generate(og_fp32, inputs, new_tokens)
+    got = og_generate(og_fp32_full, inputs, new_tokens)
     ref_logits = hf_prefill_logits(hf.model, ref_inputs)
     ref = hf_generate(hf.model, ref_inputs, new_tokens)
     diff = max_abs_diff(ref_logits, got.prefill_logits)
@@ -224,7 +275,7 @@ def test_720x1280_pre_resized_matches_hf(hd_image, og_fp32, hf, image_dir) -> No
 # ---------------------------------------------------------------- 4. deepstack=false must fail parity
 
 def test_bundle_without_deepstack_fails_parity(ckpt, cases, hf_one_image_logits, tmp_path) -> None:
-    bundle = _build(ckpt, tmp_path, "fp32", deepstack="false")
+    bundle = _build(ckpt, tmp_path, "fp32", deepstack="false", prune_lm_head="false")
     case = cases["one_image"]
     got = _og_prefill_logits(og.Model(str(bundle)), case)
     ids = case.hf_inputs.input_ids[0].numpy()
@@ -238,7 +289,7 @@ def test_bundle_without_deepstack_fails_parity(ckpt, cases, hf_one_image_logits,
 
 # ---------------------------------------------------------------- 5. int4
 
-def test_int4_bundle_generates_and_tracks_hf(ckpt, cases, hf, hf_one_image_logits, tmp_path) -> None:
+def test_int4_bundle_generates_and_tracks_hf(ckpt, cases, hf, tmp_path) -> None:
     bundle = _build(ckpt, tmp_path, "int4")
     # Untied checkpoint: embeddings.onnx keeps its own int4 table (tests/test_shared_table.py covers tied ones).
     locations = {e.value for t in onnx.load(str(bundle / "embeddings.onnx"), load_external_data=False).graph.initializer
@@ -248,10 +299,11 @@ def test_int4_bundle_generates_and_tracks_hf(ckpt, cases, hf, hf_one_image_logit
     case = cases["one_image"]
     got = og_generate(model, og_process(model, case.prompt, case.paths), MAX_NEW_TOKENS)
     ref = hf_generate(hf.model, case.hf_inputs, MAX_NEW_TOKENS)
-    cos, top1 = cosine_and_top1(hf_one_image_logits, got.prefill_logits)
+    ref_rows, got_rows = _comparable_rows(ref, got)
+    cos, top1 = cosine_and_top1(ref_rows, got_rows)
     same = sum(a == b for a, b in zip(got.tokens, ref.tokens))
-    print(f"int4 bundle vs HF fp32 prefill: mean cosine {cos:.4f}, top-1 agreement {top1:.3f}, "
-          f"max|logit diff| {max_abs_diff(hf_one_image_logits, got.prefill_logits):.2f}; "
+    print(f"int4 bundle vs HF fp32, {len(ref_rows)} step-logit rows up to the first differing token: mean cosine "
+          f"{cos:.4f}, top-1 agreement {top1:.3f}, max|logit diff| {max_abs_diff(ref_rows, got_rows):.2f}; "
           f"greedy tokens equal at {same}/{len(ref.tokens)} steps")
     assert len(got.tokens) == MAX_NEW_TOKENS or got.tokens[-1] in (151645, 151643)
     # Random Gaussian weights quantize badly at block size 32 (no outliers to protect, tiny rows);
@@ -266,18 +318,19 @@ def fp16_bundle(ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _build(ckpt, tmp_path_factory.mktemp("fp16"), "fp16")
 
 
-def _check_fp16_against_hf(model: og.Model, case: Case, hf, ref_logits: np.ndarray, label: str) -> None:
+def _check_fp16_against_hf(model: og.Model, case: Case, hf, label: str) -> None:
     got = og_generate(model, og_process(model, case.prompt, case.paths), 5)
     ref = hf_generate(hf.model, case.hf_inputs, 5)
-    cos, top1 = cosine_and_top1(ref_logits, got.prefill_logits)
-    print(f"{label}: prefill mean cosine {cos:.5f}, top-1 {top1:.3f}, "
-          f"max|logit diff| {max_abs_diff(ref_logits, got.prefill_logits):.3f}; tokens {got.tokens} vs HF {ref.tokens}")
+    ref_rows, got_rows = _comparable_rows(ref, got)
+    cos, top1 = cosine_and_top1(ref_rows, got_rows)
+    print(f"{label}: {len(ref_rows)} step-logit rows, mean cosine {cos:.5f}, top-1 {top1:.3f}, "
+          f"max|logit diff| {max_abs_diff(ref_rows, got_rows):.3f}; tokens {got.tokens} vs HF {ref.tokens}")
     assert len(got.tokens) == 5
     assert cos > 0.999  # fp16 weights + activations on O(1) random weights; a broken graph gives < 0.9
 
 
-def test_fp16_bundle_generates_through_og(fp16_bundle, cases, hf, hf_one_image_logits) -> None:
-    _check_fp16_against_hf(og.Model(str(fp16_bundle)), cases["one_image"], hf, hf_one_image_logits, "fp16 bundle")
+def test_fp16_bundle_generates_through_og(fp16_bundle, cases, hf) -> None:
+    _check_fp16_against_hf(og.Model(str(fp16_bundle)), cases["one_image"], hf, "fp16 bundle")
 
 
 def test_fp16_decoder_has_no_repeat_kv_shape_labels(fp16_bundle) -> None:

@@ -9,7 +9,9 @@ import pytest
 
 from builder_qwen3vl.checkpoint import read_checkpoint
 from builder_qwen3vl.config import Qwen3VLConfig
-from builder_qwen3vl.genai_config import make_genai_config, make_processor_config, write_json
+from builder_qwen3vl.errors import InputError
+from builder_qwen3vl.genai_config import make_genai_config, make_processor_config, resolve_max_length, write_json
+from builder_qwen3vl.options import DEFAULT_INTRA_OP_NUM_THREADS, DEFAULT_MAX_LENGTH, parse_extra_options
 from builder_qwen3vl.testing.checkpoints import reference_config, reference_json
 
 
@@ -102,3 +104,32 @@ def test_og_parser_would_catch_a_bad_field(small_ckpt: Path, tmp_path: Path) -> 
     write_json(tmp_path / "genai_config.json", doc)
     with pytest.raises(Exception, match="Unknown value"):
         og.Config(str(tmp_path))
+
+
+def test_run_time_defaults_on_every_session(cfg_2b: Qwen3VLConfig) -> None:
+    """og 0.18 gives a session hardware_concurrency()/2 threads unless told (1 on a 2-core VM); 0 is passed
+    on to onnxruntime (every physical core). max_length sizes og's KV buffer: 8,192, not 262,144."""
+    doc = make_genai_config(cfg_2b, "cpu")
+    for section in ("decoder", "embedding", "vision"):
+        assert doc["model"][section]["session_options"]["intra_op_num_threads"] == DEFAULT_INTRA_OP_NUM_THREADS == 0
+    assert doc["search"]["max_length"] == DEFAULT_MAX_LENGTH == 8192
+    pinned = make_genai_config(cfg_2b, "cpu", intra_op_num_threads=3, max_length=4096)
+    assert {pinned["model"][s]["session_options"]["intra_op_num_threads"] for s in ("decoder", "embedding", "vision")} == {3}
+    assert pinned["search"]["max_length"] == 4096
+
+
+def test_max_length_is_capped_by_the_context(cfg_2b: Qwen3VLConfig, small_ckpt: Path) -> None:
+    small = read_checkpoint(small_ckpt).config  # context 4,096 < the default 8,192
+    assert resolve_max_length(None, small) == small.text.max_position_embeddings == 4096
+    with pytest.raises(InputError, match=r"max_length=300000: more than the checkpoint's context length 262144"):
+        resolve_max_length(300000, cfg_2b)
+
+
+@pytest.mark.parametrize("item, message", [
+    ("intra_op_num_threads=-1", "intra_op_num_threads=-1 is not an integer >= 0"),
+    ("intra_op_num_threads=all", "intra_op_num_threads=all is not an integer >= 0"),
+    ("max_length=0", "max_length=0 is not an integer >= 1"),
+])
+def test_run_time_options_reject_bad_values(item: str, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        parse_extra_options([item])

@@ -127,18 +127,23 @@ def _external_locations(onnx_path: Path) -> set[str]:
             for e in t.external_data if e.key == "location"}
 
 
-def _int4_bundle(tmp_path: Path, tied: bool) -> tuple[Path, Path]:
+def _int4_bundle(tmp_path: Path, tied: bool, **extra: str) -> tuple[Path, Path]:
     from builder_qwen3vl.build import build
     from builder_qwen3vl.options import BuildOptions
     from builder_qwen3vl.testing.checkpoints import tiny_config, write_checkpoint
 
     ckpt = Path(write_checkpoint(tmp_path / "ckpt", tiny_config(tie_word_embeddings=tied)))
-    return ckpt, build(BuildOptions(input=ckpt, output=tmp_path / "bundle", precision="int4"))
+    return ckpt, build(BuildOptions(input=ckpt, output=tmp_path / "bundle", precision="int4", extra_options=extra))
 
 
 def test_an_untied_checkpoint_keeps_its_own_table(tmp_path: Path) -> None:
     _, bundle = _int4_bundle(tmp_path, tied=False)
     assert _external_locations(bundle / "embeddings.onnx") == {"embeddings.onnx.data"}
+
+
+def test_a_tied_default_bundle_with_its_pruned_lm_head_shares_the_table(tmp_path: Path) -> None:
+    _, bundle = _int4_bundle(tmp_path, tied=True)
+    assert _external_locations(bundle / "embeddings.onnx") == {"model.onnx.data"}
 
 
 def test_a_tied_int4_bundle_stores_the_table_once_and_generates_through_og(tmp_path: Path) -> None:
@@ -147,7 +152,7 @@ def test_a_tied_int4_bundle_stores_the_table_once_and_generates_through_og(tmp_p
 
     from e2e_helpers import cosine_and_top1, load_hf_model, og_generate, og_process
 
-    ckpt, bundle = _int4_bundle(tmp_path, tied=True)
+    ckpt, bundle = _int4_bundle(tmp_path, tied=True, prune_lm_head="false")  # logits for every prompt row
     assert not (bundle / "embeddings.onnx.data").exists()
     assert _external_locations(bundle / "embeddings.onnx") == {"model.onnx.data"}
 

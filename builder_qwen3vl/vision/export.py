@@ -33,7 +33,10 @@ VISION_OPSET = 18
 _EXTERNAL_DATA_THRESHOLD = 2_000_000_000
 
 Dtype = Literal["fp32", "fp16"]
-WeightFormat = Literal["fp32", "fp16", "int8", "int4"]
+WeightFormat = Literal["fp32", "fp16", "int8", "int4", "qint8", "quint8"]
+# onnxruntime's dynamic quantization: int8 weights (per output channel) and activations quantized at run time,
+# int8 x int8 MatMul kernels (MatMulInteger / DynamicQuantizeMatMul) instead of MatMulNBits' dequantize + fp32.
+DYNAMIC_FORMATS = {"qint8": "QInt8", "quint8": "QUInt8"}
 
 
 
@@ -56,14 +59,17 @@ def export_vision_encoder(
     weights: how MatMul weights are stored; defaults to ``dtype``. "fp16" with dtype "fp32" stores
     fp16 weights behind a Cast; "int8"/"int4" replace MatMuls with com.microsoft MatMulNBits
     (block-wise asymmetric, ``block_size`` along K; ``accuracy_level`` is MatMulNBits'
-    compute-precision attribute, None = fp32 compute).
+    compute-precision attribute, None = fp32 compute). "qint8"/"quint8": onnxruntime's
+    ``quantize_dynamic`` of the MatMuls (per-channel s8 / u8 weights, activations quantized per call).
     example_grid: the grid traced at export; nothing about it is baked into the graph.
     """
     weights = weights or dtype
     if dtype not in _TORCH_DTYPES:
         raise InputError(f"dtype: expected 'fp32' or 'fp16', got {dtype!r}")
-    if weights not in ("fp32", "fp16", "int8", "int4"):
-        raise InputError(f"weights: expected 'fp32', 'fp16', 'int8' or 'int4', got {weights!r}")
+    if weights not in ("fp32", "fp16", "int8", "int4", *DYNAMIC_FORMATS):
+        raise InputError(f"weights: expected 'fp32', 'fp16', 'int8', 'int4', 'qint8' or 'quint8', got {weights!r}")
+    if dtype == "fp16" and weights in DYNAMIC_FORMATS:
+        raise InputError(f"weights: '{weights}' needs dtype 'fp32' (dynamic quantization of an fp32 graph)")
     if dtype == "fp16" and weights == "fp32":
         raise InputError("weights: 'fp32' weights need dtype 'fp32' (an fp16 graph cannot hold fp32 weights)")
     path = Path(path)
@@ -77,6 +83,8 @@ def export_vision_encoder(
     elif weights in ("int8", "int4"):
         model = _quantize_matmul_weights(model, bits=8 if weights == "int8" else 4, block_size=block_size,
                                          accuracy_level=accuracy_level)
+    elif weights in DYNAMIC_FORMATS:
+        model = _quantize_dynamic(model, DYNAMIC_FORMATS[weights])
     _save(model, path)
     return path
 
@@ -188,6 +196,16 @@ def _quantize_matmul_weights(
     )
     quantizer.process()
     return quantizer.model.model
+
+
+def _quantize_dynamic(model: onnx.ModelProto, weight_type: str) -> onnx.ModelProto:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "quantized.onnx"
+        quantize_dynamic(model, out, op_types_to_quantize=["MatMul"], per_channel=True,
+                         weight_type=getattr(QuantType, weight_type), use_external_data_format=True)
+        return onnx.load(str(out), load_external_data=True)
 
 
 def _save(model: onnx.ModelProto, path: Path) -> None:

@@ -1,0 +1,125 @@
+"""MatMulNBits kernel sweep at the 2B decoder's shapes: accuracy_level x block_size, decode and prefill.
+
+    python benchmarks/matmulnbits_sweep.py [--threads 0] [--repeats 5] [--json out.json]
+
+One single-node model per weight shape (q, k, v, o, gate, up, down of a 2B layer, and the lm_head),
+weights quantized by onnxruntime's own MatMulNBitsQuantizer (4 bits, symmetric, as og's builder
+does), each timed with M = 1 (a decode step), 229 and 700 rows (prefill of a 448x448 and a 1000x667
+prompt). The per-token or per-prompt estimate is 28 x (sum over one layer) + the lm_head at M = 1
+(og prunes it to the last row). Attention, norms and rotary are not included: this isolates the
+kernel choice. Also prints the bandwidth bound: bytes of int4 weights + scales read per decode step
+at the machine's measured read bandwidth (benchmarks/measure_machine.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HIDDEN, INTERMEDIATE, Q_WIDTH, KV_WIDTH, LAYERS, VOCAB = 2048, 6144, 16 * 128, 8 * 128, 28, 151936
+LAYER_SHAPES = {"q_proj": (HIDDEN, Q_WIDTH), "k_proj": (HIDDEN, KV_WIDTH), "v_proj": (HIDDEN, KV_WIDTH),
+                "o_proj": (Q_WIDTH, HIDDEN), "gate_proj": (HIDDEN, INTERMEDIATE), "up_proj": (HIDDEN, INTERMEDIATE),
+                "down_proj": (INTERMEDIATE, HIDDEN)}
+ROWS = (1, 229, 700)
+
+
+def quantized_matmul(k: int, n: int, block_size: int, accuracy_level: int, folder: Path) -> Path:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    rng = np.random.default_rng(k * 7 + n)
+    weight = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "mm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", n])],
+        [numpy_helper.from_array(weight, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=block_size, is_symmetric=True,
+                                     accuracy_level=accuracy_level or None)
+    quantizer.process()
+    path = folder / f"mm_{k}x{n}_b{block_size}_a{accuracy_level}.onnx"
+    onnx.save(quantizer.model.model, str(path))
+    return path
+
+
+def time_call(path: Path, m: int, threads: int, repeats: int) -> float:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    k = sess.get_inputs()[0].shape[1]
+    x = np.random.default_rng(m).standard_normal((m, k)).astype(np.float32)
+    sess.run(None, {"x": x})
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        sess.run(None, {"x": x})
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def sweep(threads: int, repeats: int, levels: tuple[int, ...], blocks: tuple[int, ...]) -> list[dict]:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for level in levels:
+            for block in blocks:
+                per_m = {m: 0.0 for m in ROWS}
+                for name, (k, n) in LAYER_SHAPES.items():
+                    path = quantized_matmul(k, n, block, level, Path(tmp))
+                    for m in ROWS:
+                        per_m[m] += LAYERS * time_call(path, m, threads, repeats)
+                    path.unlink()
+                head = quantized_matmul(HIDDEN, VOCAB, block, level, Path(tmp))
+                lm_head_s = time_call(head, 1, threads, repeats)
+                head.unlink()
+                row = {"accuracy_level": level, "block_size": block, "lm_head_m1_s": lm_head_s,
+                       "decode_step_s": per_m[1] + lm_head_s,
+                       **{f"prefill_{m}_s": per_m[m] + lm_head_s for m in ROWS if m > 1}}
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    return rows
+
+
+def weight_bytes(block_size: int) -> int:
+    """int4 weights + fp32 scales of the 28 layers and the lm_head (symmetric: no zero points)."""
+    per_layer = sum(k * n // 2 + (k // block_size) * n * 4 for k, n in LAYER_SHAPES.values())
+    return LAYERS * per_layer + HIDDEN * VOCAB // 2 + (HIDDEN // block_size) * VOCAB * 4
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime's default, every core)")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--levels", default="0,1,4")
+    p.add_argument("--blocks", default="32,64,128")
+    p.add_argument("--bandwidth-gbs", type=float, default=None, help="measured read bandwidth for the bound")
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    rows = sweep(args.threads, args.repeats, tuple(int(v) for v in args.levels.split(",")),
+                 tuple(int(v) for v in args.blocks.split(",")))
+    for row in rows:
+        row["weight_bytes"] = weight_bytes(row["block_size"])
+        if args.bandwidth_gbs:
+            row["bandwidth_bound_s"] = row["weight_bytes"] / (args.bandwidth_gbs * 1e9)
+    print("| accuracy_level | block_size | decode step (matmuls) | tok/s | prefill 229 | prefill 700 | weights |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['accuracy_level']} | {r['block_size']} | {r['decode_step_s'] * 1e3:.1f} ms | {1 / r['decode_step_s']:.1f} | "
+              f"{r['prefill_229_s']:.2f} s | {r['prefill_700_s']:.2f} s | {r['weight_bytes'] / 1e9:.3f} GB |")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
