@@ -4,6 +4,7 @@ plain onnxruntime decode loop used to compare our model.onnx with the og builder
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -27,6 +28,55 @@ def _session(path: Path, threads: int, profile: str | None = None):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
+def bundle_threads(settings: Settings, section: str) -> int:
+    """The intra-op thread count the bundle's genai_config gives a session (og's default when absent:
+    hardware_concurrency() / 2, as og 0.18's CreateSessionOptionsFromConfig)."""
+    options = json.loads((settings.bundle / "genai_config.json").read_text())["model"][section]["session_options"]
+    return int(options.get("intra_op_num_threads", max(1, (os.cpu_count() or 2) // 2)))
+
+
+def threads_og(settings: Settings, ctx: int = 256, steps: int = 16) -> dict[str, Any]:
+    """og decode at one context with the bundle's genai_config as written and with intra_op_num_threads
+    removed (og's own default), 1 and 2: how og 0.18 treats each setting, measured."""
+    import shutil
+
+    import onnxruntime_genai as og
+
+    results = {}
+    for label, value in (("as written", "keep"), ("absent (og default)", None), ("1", 1), ("2", 2)):
+        folder = Path(settings.work) / "threads-variant"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir()
+        for f in settings.bundle.iterdir():
+            if f.name != "genai_config.json":
+                (folder / f.name).symlink_to(f)
+        genai = json.loads((settings.bundle / "genai_config.json").read_text())
+        for section in ("decoder", "embedding", "vision"):
+            options = genai["model"][section]["session_options"]
+            if value is None:
+                options.pop("intra_op_num_threads", None)
+            elif value != "keep":
+                options["intra_op_num_threads"] = value
+        (folder / "genai_config.json").write_text(json.dumps(genai, indent=2))
+        model = og.Model(str(folder))
+        params = og.GeneratorParams(model)
+        params.set_search_options(do_sample=False, max_length=ctx + steps + 2)
+        gen = og.Generator(model, params)
+        start = time.perf_counter()
+        gen.append_tokens(text_prompt_ids(ctx))
+        prefill_s = time.perf_counter() - start
+        gen.generate_next_token()
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            gen.generate_next_token()
+            times.append(time.perf_counter() - start)
+        results[label] = {"prefill_s": prefill_s, "tokens_per_s": 1.0 / statistics.median(times),
+                          "intra_op_num_threads": genai["model"]["decoder"]["session_options"].get("intra_op_num_threads")}
+        del gen, model
+    return {"context": ctx, "cpu_count": os.cpu_count(), "settings": results}
+
+
 def benchmark_images(settings: Settings) -> list[dict[str, Any]]:
     """The two benchmark images, already at HF's target size (so og's and HF's grids agree)."""
     from PIL import Image
@@ -46,7 +96,7 @@ def benchmark_images(settings: Settings) -> list[dict[str, Any]]:
 
 
 def vision_ours(settings: Settings) -> dict[str, Any]:
-    sess = _session(settings.bundle / "vision_encoder.onnx", settings.threads)
+    sess = _session(settings.bundle / "vision_encoder.onnx", bundle_threads(settings, "vision"))
     patch_dim = int(sess.get_inputs()[0].shape[1]) if isinstance(sess.get_inputs()[0].shape[1], int) else 1536
     results = {}
     for image in benchmark_images(settings):
@@ -60,9 +110,9 @@ def vision_ours(settings: Settings) -> dict[str, Any]:
     return {"images": results}
 
 
-# Vision weight formats measured next to the bundle's own (-p int4 writes int8): fp16 storage is folded
-# to fp32 at session start (plain sgemm, the fp32 speed ceiling), int4 is the smallest file.
-VISION_VARIANTS = ("fp16", "int4")
+# Vision weight formats measured next to the bundle's own: fp32 (plain sgemm), int4 MatMulNBits (smallest file),
+# onnxruntime's dynamic int8 quantization with s8 and u8 per-channel weights (int8 x int8 kernels).
+VISION_VARIANTS = ("fp32", "int8", "int4", "qint8", "quint8")
 
 
 def vision_variants(settings: Settings) -> dict[str, Any]:
@@ -80,7 +130,7 @@ def vision_variants(settings: Settings) -> dict[str, Any]:
 
     torch.set_num_threads(settings.threads)
     images = benchmark_images(settings)
-    paths = {"int8": settings.bundle / "vision_encoder.onnx"}
+    paths = {"bundle": settings.bundle / "vision_encoder.onnx"}
     export_s = {}
     visual = None
     for variant in VISION_VARIANTS:
@@ -144,6 +194,7 @@ def ttft_og(settings: Settings) -> dict[str, Any]:
             gen.generate_next_token()
             first_token.append(int(gen.get_next_tokens()[0]))
 
+        processor_t = timed(lambda: processor(prompt, images=og.Images.open(image["path"])), settings.repeats, warmup=1)
         inputs = processor(prompt, images=og.Images.open(image["path"]))
         ids = inputs["input_ids"].as_numpy().astype(np.int64)
         grid = inputs["image_grid_thw"].as_numpy().astype(np.int64)
@@ -151,7 +202,7 @@ def ttft_og(settings: Settings) -> dict[str, Any]:
             raise RuntimeError(f"og grid {grid.tolist()} != HF grid {image['grid_thw']} for {image['path']}")
         np.savez(Path(settings.work) / f"ttft_inputs_{image['name']}.npz", input_ids=ids, image_grid_thw=grid)
         t = timed(once, settings.repeats, warmup=1)
-        t.update(prompt_tokens=int(ids.shape[-1]), first_token=first_token[-1])
+        t.update(prompt_tokens=int(ids.shape[-1]), first_token=first_token[-1], processor_s=processor_t["median_s"])
         results[image["name"]] = t
     return results
 

@@ -33,7 +33,7 @@ def machine() -> dict[str, Any]:
 
 def collect(s: Settings) -> dict[str, Any]:
     names = ("build", "build_og_text", "bandwidth", "files", "vision_ours", "vision_hf_fp32", "vision_hf_bf16",
-             "vision_variants", "ttft_og", "ttft_hf", "decode_ort", "decode_og", "decode_hf_fp32", "decode_hf_bf16", "profile_decode")
+             "vision_variants", "ttft_og", "ttft_hf", "decode_ort", "decode_og", "threads_og", "decode_hf_fp32", "decode_hf_bf16", "profile_decode")
     return {n: read_result(s, n) for n in names}
 
 
@@ -72,6 +72,7 @@ def derive(s: Settings, r: dict[str, Any]) -> dict[str, Any]:
             "ttft_ours_s": _get(t_og, "median_s"), "ttft_hf_fp32_s": _get(t_hf, "median_s"),
             "ttft_ratio_ours_over_hf": _ratio(_get(t_og, "median_s"), _get(t_hf, "median_s")),
             "prompt_tokens": _get(t_og, "prompt_tokens"),
+            "ttft_processor_s": _get(t_og, "processor_s"),
         }
     for ctx in s.contexts:
         c = str(ctx)
@@ -252,6 +253,11 @@ def markdown(s: Settings, r: dict[str, Any], f: dict[str, Any], m: dict[str, Any
           "| image | prompt tokens | ours (og runtime) | HF fp32 generate | ours / HF |", "|---|---|---|---|---|"]
     for name, x in f["images"].items():
         L.append(f"| {name} | {_fmt(x['prompt_tokens'])} | {_fmt(x['ttft_ours_s'])} s | {_fmt(x['ttft_hf_fp32_s'])} s | {_fmt(x['ttft_ratio_ours_over_hf'])} |")
+    L += ["", "TTFT split (medians; processor: og's processor call alone; vision: vision_encoder.onnx alone with the "
+          "bundle's session settings, same grid; the rest is embeddings + prefill + first token): " + "; ".join(
+              f"{name}: processor {_fmt(x['ttft_processor_s'])} s, vision {_fmt(x['vision_ours_s'])} s, rest "
+              f"{_fmt((x['ttft_ours_s'] or 0) - (x['ttft_processor_s'] or 0) - (x['vision_ours_s'] or 0))} s"
+              for name, x in f["images"].items()) + ".", ""]
     L += ["", "Images are written at HF's target size (builder_qwen3vl.resize) so both processors use the same grid; "
           "HF input_ids are og's. Timed repeats: " + "; ".join(
               f"{name}: ours {_n(r, 'ttft_og', name)}, HF {_n(r, 'ttft_hf', name)}" for name in f["images"]) +
@@ -284,6 +290,16 @@ def markdown(s: Settings, r: dict[str, Any], f: dict[str, Any], m: dict[str, Any
           f"- HF bf16 skipped at contexts {skipped} (prefill in bf16 takes minutes on this CPU; pass --hf-bf16-2048)." if skipped else "- HF bf16 run at every context.",
           "- Prefill (s): " + "; ".join(f"context {c}: ours og {_fmt(x['og_runtime_prefill_s'])}, HF fp32 {_fmt(x['hf_fp32_prefill_s'])}"
                                         for c, x in f["contexts"].items()), ""]
+
+    threads = _get(r, "threads_og", "settings") or {}
+    if threads:
+        L += ["## intra_op_num_threads through og (decode at context "
+              f"{_get(r, 'threads_og', 'context')}, {_get(r, 'threads_og', 'cpu_count')} logical CPUs)", "",
+              "| genai_config session_options | decode tok/s | prefill |", "|---|---|---|"]
+        for label, x in threads.items():
+            L.append(f"| {label} (value {x['intra_op_num_threads']}) | {_fmt(x['tokens_per_s'])} | {_fmt(x['prefill_s'])} s |")
+        L += ["", "og 0.18 sets hardware_concurrency()/2 threads when the key is absent and passes a given value, 0 "
+              "included, to onnxruntime (0: onnxruntime's default, every physical core).", ""]
 
     files = _get(r, "files", "bundle_files") or {}
     L += ["## Memory and disk", "",

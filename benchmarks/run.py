@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # (phase, runs in a child, needs) in run order; heavy HF phases one at a time.
 PHASES = (
     "build", "build_og_text", "bandwidth", "files", "vision_ours", "vision_hf_fp32", "vision_hf_bf16", "vision_variants",
-    "ttft_og", "ttft_hf", "decode_ort", "decode_og", "decode_hf_fp32", "decode_hf_bf16", "profile_decode",
+    "ttft_og", "ttft_hf", "decode_ort", "decode_og", "threads_og", "decode_hf_fp32", "decode_hf_bf16", "profile_decode",
 )
 
 
@@ -164,6 +164,8 @@ def child_phase(name: str, s: Settings) -> dict[str, Any]:
         return measure_onnx.decode_ort(s)
     if name == "decode_og":
         return measure_onnx.decode_og(s)
+    if name == "threads_og":
+        return measure_onnx.threads_og(s)
     if name.startswith("decode_hf_"):
         return measure_hf.decode_hf(s, name.rsplit("_", 1)[1])
     if name == "profile_decode":

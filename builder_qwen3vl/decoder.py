@@ -275,6 +275,14 @@ def _og_output_to_debug_log() -> Iterator[None]:
                     log.debug("og builder %s: %s", stream, line)
 
 
+def _given_options_text(extra_options: dict[str, Any]) -> str:
+    """The options as the user gave them: our defaults for og's keys (options.OG_OPTION_DEFAULTS) left out."""
+    from .options import OG_OPTION_DEFAULTS
+
+    given = {k: v for k, v in extra_options.items() if OG_OPTION_DEFAULTS.get(k) != v}
+    return " ".join(_og_option_strings(given)) or "none"
+
+
 def _og_option_strings(extra_options: dict[str, Any]) -> list[str]:
     def text(value: Any) -> str:
         return str(value).lower() if isinstance(value, bool) else str(value)
@@ -338,7 +346,7 @@ def build_decoder(
                     None, input_dir, output_dir, precision, execution_provider, cache_dir, _og_option_strings(options)
                 )
             except ValueError as e:  # og validates option values here: a user input error
-                given = " ".join(_og_option_strings(extra_options or {})) or "none"
+                given = _given_options_text(extra_options or {})
                 raise InputError(f"og builder rejected the settings: {e} (--extra_options given: {given})") from e
             effective = prepared.pop("_effective_builder_config", None)
             precision = effective.precision if effective is not None else precision
@@ -356,7 +364,7 @@ def build_decoder(
                     deepstack_layers=deepstack_layers, apply_deepstack=deepstack,
                 )
             except ValueError as e:  # og converts option values here (e.g. int(block_size)): a user input error
-                given = " ".join(_og_option_strings(extra_options or {})) or "none"
+                given = _given_options_text(extra_options or {})
                 raise InputError(f"og builder rejected the settings: {e} (--extra_options given: {given})") from e
             Path(output_dir).mkdir(parents=True, exist_ok=True)
             model.spill_before_quantizing = spill_before_quantizing

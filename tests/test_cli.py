@@ -70,7 +70,9 @@ def test_build_options_validate() -> None:
     with pytest.raises(InputError, match="-e/--execution_provider: 'tpu'"):
         BuildOptions(input=Path("a"), output=Path("b"), execution_provider="tpu")
     opts = BuildOptions(input="a", output="b", extra_options={"int4_block_size": "64", "vision_precision": "fp16"})
-    assert opts.og_extra_options == {"int4_block_size": "64"}
+    assert opts.og_extra_options == {"prune_lm_head": "true", "int4_block_size": "64"}  # our default for og's key
+    given = BuildOptions(input="a", output="b", extra_options={"prune_lm_head": "false"})
+    assert given.og_extra_options == {"prune_lm_head": "false"}
     assert "int4_block_size" in known_extra_options()
 
 
