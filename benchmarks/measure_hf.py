@@ -13,6 +13,8 @@ import numpy as np
 from common import Settings, random_pixel_values, text_prompt_ids, timed
 from measure_onnx import benchmark_images
 
+from builder_qwen3vl.tokens import IMAGE_TOKEN_ID
+
 DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 
 
@@ -112,6 +114,8 @@ def ttft_hf(settings: Settings) -> dict[str, Any]:
             with torch.inference_mode():
                 out = model.generate(
                     input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                    # transformers >= 5 computes multimodal M-RoPE only when mm_token_type_ids is given
+                    mm_token_type_ids=(input_ids == IMAGE_TOKEN_ID).to(torch.int32),
                     pixel_values=feats["pixel_values"], image_grid_thw=feats["image_grid_thw"],
                     max_new_tokens=1, do_sample=False,
                 )

