@@ -134,12 +134,10 @@ def phase_build_og_text(s: Settings) -> dict[str, Any]:
 def phase_files(s: Settings) -> dict[str, Any]:
     from measure_machine import disk_sizes, initializer_bytes
 
-    return {
-        "bundle_files": disk_sizes(s.bundle),
-        "og_text_files": disk_sizes(s.og_text),
-        "decoder_bytes": initializer_bytes(s.bundle / "model.onnx"),
-        "og_text_decoder_bytes": initializer_bytes(s.og_text / "model.onnx"),
-    }
+    out = {"bundle_files": disk_sizes(s.bundle), "decoder_bytes": initializer_bytes(s.bundle / "model.onnx")}
+    if s.og_text.exists():  # the build_og_text phase is optional (--only without it)
+        out.update(og_text_files=disk_sizes(s.og_text), og_text_decoder_bytes=initializer_bytes(s.og_text / "model.onnx"))
+    return out
 
 
 def child_phase(name: str, s: Settings) -> dict[str, Any]:
