@@ -33,10 +33,9 @@ OWN_EXTRA_OPTIONS: dict[str, tuple[str, ...] | None] = {
 OG_OPTION_DEFAULTS = {"prune_lm_head": "true"}
 # og's own default gives each session hardware_concurrency()/2 threads: one on a 2-core VM without SMT.
 DEFAULT_INTRA_OP_NUM_THREADS = 0
-# og sizes the shared KV buffer by search.max_length at every generator; context_length (262,144) would
-# be ~60 GB for 2B. 8,192 positions: 2B 1.8 GiB, 4B 2.3 GiB of float32 KV (more needs a per-request
-# max_length; computed, not measured: a 4,096-token image's vision attention scores alone would be
-# 16 heads x 16,384^2 float32 = 17 GB at the 2B shape, so larger prompts are out of reach on such a machine anyway).
+# og sizes the shared KV buffer by search.max_length at every generator: context_length (262,144) would be
+# 60 GB of float32 KV for 2B. 8,192 positions: 1.75 GiB for 2B, 2.25 GiB for 4B and 8B (229,376 and 294,912
+# bytes per position). A request that needs more sets its own max_length.
 DEFAULT_MAX_LENGTH = 8192
 _INTEGER_OPTIONS = {"intra_op_num_threads": 0, "max_length": 1}  # key: smallest value allowed
 
