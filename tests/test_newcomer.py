@@ -51,12 +51,14 @@ def newcomer(tmp_path_factory: pytest.TempPathFactory) -> dict:
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "BUILDER_QWEN3VL"))}
     env.update(HOME=str(home), PATH=f"{venv / 'bin'}:{env.get('PATH', '')}")
-    return {"clone": clone, "py": str(py), "site": site, "env": env}
+    return {"clone": clone, "home": home, "py": str(py), "site": site, "env": env}
 
 
+# `python -c` and `python -m` put the working directory first on sys.path, so those run from the new HOME
+# (inside the clone they would import its source tree); `python examples/demo.py` puts examples/ first.
 def test_package_comes_from_the_archive_wheel(newcomer: dict) -> None:
     res = _run([newcomer["py"], "-c", "import builder_qwen3vl.testing.shipped_model as m; print(m.__file__)"],
-               cwd=newcomer["clone"], env=newcomer["env"])
+               cwd=newcomer["home"], env=newcomer["env"])
     assert res.stdout.strip().startswith(newcomer["site"])
 
 
@@ -75,7 +77,7 @@ def test_user_commands_run_from_the_install(newcomer: dict) -> None:
     """verify on the demo's bundle, the evaluation CLI (HF side, 2 questions) and train_tiny's help."""
     if "bundle" not in newcomer:
         pytest.skip("the demo did not build its bundle")
-    kw = dict(cwd=newcomer["clone"], env=newcomer["env"], timeout=600)
+    kw = dict(cwd=newcomer["home"], env=newcomer["env"], timeout=600)
     res = _run([newcomer["py"], "-m", "builder_qwen3vl", "verify", str(newcomer["bundle"])], **kw)
     assert "generat" in (res.stdout + res.stderr).lower()
     res = _run([newcomer["py"], "-m", "builder_qwen3vl.testing.evaluate", "--n", "2", "--hf-only"], **kw)
