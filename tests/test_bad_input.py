@@ -189,7 +189,7 @@ def test_extra_tensors_warn_and_build_goes_on(small_ckpt: Path, tmp_path: Path, 
 OPTION_ROWS = [
     ("unknown_key", ["--extra_options", "bogus=1"], 2, ("--extra_options: unknown key 'bogus'; known keys: ", "vision_precision")),
     ("not_key_value", ["--extra_options", "block_size"], 2, ("--extra_options: 'block_size' is not KEY=VALUE",)),
-    ("bad_own_value", ["--extra_options", "vision_precision=int2"], 2, ("vision_precision=int2 is not one of fp32, fp16, int8, int4",)),
+    ("bad_own_value", ["--extra_options", "vision_precision=int2"], 2, ("vision_precision=int2 is not one of fp32, fp16, int8, int4, qint8, quint8",)),
     ("reserved_key", ["--extra_options", "exclude_embeds=false"], 2, ("'exclude_embeds' is set by builder_qwen3vl and cannot be overridden",)),
     ("alias_conflict", ["--extra_options", "int4_block_size=32", "block_size=64"], 2,
      ("--extra_options: extra option int4_block_size=32 conflicts with block_size=64",)),

@@ -48,7 +48,7 @@ def test_extra_options_parse_og_spelling() -> None:
     ("not_a_key=1", "unknown key 'not_a_key'; known keys: "),
     ("int4_block_size", "'int4_block_size' is not KEY=VALUE"),
     ("=3", "is not KEY=VALUE"),
-    ("vision_precision=int2", "vision_precision=int2 is not one of fp32, fp16, int8, int4"),
+    ("vision_precision=int2", "vision_precision=int2 is not one of fp32, fp16, int8, int4, qint8, quint8"),
     ("exclude_embeds=false", "'exclude_embeds' is set by builder_qwen3vl"),
 ])
 def test_extra_options_rejected(item: str, fragment: str) -> None:

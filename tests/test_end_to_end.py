@@ -295,6 +295,8 @@ def test_int4_bundle_generates_and_tracks_hf(ckpt, cases, hf, tmp_path) -> None:
     locations = {e.value for t in onnx.load(str(bundle / "embeddings.onnx"), load_external_data=False).graph.initializer
                  for e in t.external_data if e.key == "location"}
     assert locations == {"embeddings.onnx.data"}
+    vision_ops = {n.op_type for n in onnx.load(str(bundle / "vision_encoder.onnx")).graph.node}
+    assert "MatMulInteger" in vision_ops and "MatMulNBits" not in vision_ops  # -p int4's vision default: qint8
     model = og.Model(str(bundle))
     case = cases["one_image"]
     got = og_generate(model, og_process(model, case.prompt, case.paths), MAX_NEW_TOKENS)

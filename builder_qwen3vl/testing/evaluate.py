@@ -57,7 +57,8 @@ class Variant:
 
 DEFAULT_VARIANTS = (
     Variant("og fp32", "fp32"),
-    Variant("og int4 (vision int8, default)", "int4"),
+    Variant("og int4 (vision qint8, default)", "int4"),
+    Variant("og int4, vision int8 MatMulNBits", "int4", {"vision_precision": "int8"}),
     Variant("og int4, vision fp32", "int4", {"vision_precision": "fp32"}),
     Variant("og int4, vision int4", "int4", {"vision_precision": "int4"}),
 )
