@@ -5,6 +5,8 @@ text-only decoder), measured side by side in one run on this machine.
     python benchmarks/run.py --shape 4b      # the 4B config
     python benchmarks/run.py --shape tiny    # minutes; a tiny random model, for developing this script
 
+Needs the `bench` extra for the plots (pip install -e ".[test,bench]").
+
 Each phase runs in its own child process (so its peak RSS is its own and memory is returned
 between the heavy HF parts) and writes WORK/results/PHASE.json; the parent writes the report.
 Not part of CI.
