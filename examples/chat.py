@@ -17,7 +17,7 @@ from pathlib import Path
 
 import onnxruntime_genai as og
 
-IMAGE_TAG = "<|vision_start|><|image_pad|><|vision_end|>"
+from builder_qwen3vl.tokens import IMAGE_TAG
 
 
 def exact_grid_copies(paths: list[str], folder: Path, processor_config: Path) -> list[str]:

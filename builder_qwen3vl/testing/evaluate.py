@@ -26,12 +26,12 @@ from typing import Any
 
 from . import shapes_task
 from .shipped_model import shipped_checkpoint
-from .training import IMAGE_TAG, Encoder, collate
+from ..tokens import EOS_IDS, IMAGE_TAG
+from .training import Encoder, collate
 
 log = logging.getLogger(__name__)
 
 MAX_NEW_TOKENS = 4  # answers are one word + <|im_end|>
-EOS_IDS = (151645, 151643)
 
 
 @dataclass(frozen=True)

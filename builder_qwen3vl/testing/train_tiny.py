@@ -3,7 +3,7 @@
     python -m builder_qwen3vl.testing.train_tiny [--cache-dir DIR] [--force] [--set NAME=VALUE ...] [--ship]
 
 The package already ships a trained copy (shipped_model.py); this retrains it from the recipe
-(training.py, train_config.py): about 40 minutes on one core. ``--ship`` then replaces the shipped
+(training.py, train_config.py): 50 minutes on one core for the shipped run. ``--ship`` then replaces the shipped
 files in a source checkout (data/tiny_shapes/) with the result, to be committed with the recipe change.
 
 The trained folder lives in ``$BUILDER_QWEN3VL_CACHE`` (default ``~/.cache/builder_qwen3vl``) under
