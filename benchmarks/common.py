@@ -30,6 +30,7 @@ class Settings:
     slow_repeats: int = 1  # repeats of slow HF measurements (bf16, large image TTFT)
     hf_bf16_2048: bool = False  # HF bf16 decode at context 2048 (prefill alone takes minutes)
     threads: int = 2
+    extra_options: str = ""  # passed to the bundle build as --extra_options (e.g. block_size=128)
 
     @property
     def bundle(self) -> Path:

@@ -116,6 +116,8 @@ def build_steps(log_text: str) -> dict[str, float]:
 
 def phase_build(s: Settings) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "builder_qwen3vl", "-i", s.checkpoint, "-o", str(s.bundle), "-p", "int4", "-e", "cpu", "--overwrite"]
+    if s.extra_options:
+        cmd += ["--extra_options", s.extra_options]
     res = run_child(cmd, Path(s.work) / "build.log")
     if res["exit_code"] != 0:
         raise RuntimeError(f"bundle build failed (exit {res['exit_code']}); see {res['log']}")
@@ -212,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decode-steps", type=int, default=32)
     p.add_argument("--contexts", type=int, nargs="+", default=[256, 2048])
     p.add_argument("--hf-bf16-2048", action="store_true", help="also HF bf16 decode at the largest context (slow prefill)")
+    p.add_argument("--extra-options", default="", help="--extra_options for the bundle build (e.g. block_size=128)")
     p.add_argument("--only", nargs="+", choices=PHASES, help="run these phases only (others kept from --resume)")
     p.add_argument("--resume", action="store_true", help="keep phase results of an earlier run in the same work folder")
     p.add_argument("--report-only", action="store_true", help="rewrite docs from the results in the work folder")
@@ -238,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     ckpt = ensure_checkpoint(args.shape, cache)
     s = Settings(shape=args.shape, checkpoint=str(ckpt), work=str(work), contexts=args.contexts,
                  decode_steps=args.decode_steps, repeats=args.repeats, slow_repeats=args.slow_repeats,
-                 hf_bf16_2048=args.hf_bf16_2048)
+                 hf_bf16_2048=args.hf_bf16_2048, extra_options=args.extra_options)
     s.save()
     for name in PHASES:
         if args.only and name not in args.only:
