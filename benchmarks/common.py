@@ -14,7 +14,6 @@ import numpy as np
 
 IMAGE_SIZES = ((448, 448), (1000, 667))  # (width, height) of the two benchmark images
 QUESTION_TOKENS = 32
-IMAGE_TAG = "<|vision_start|><|image_pad|><|vision_end|>"
 
 
 @dataclass
@@ -120,3 +119,26 @@ def text_prompt_ids(n_tokens: int, seed: int = 0) -> np.ndarray:
     """Random ordinary (non-special) Qwen token ids, shape [1, n_tokens] int64."""
     rng = np.random.default_rng(seed)
     return rng.integers(1000, 150000, size=(1, n_tokens), dtype=np.int64)
+
+
+def benchmark_images(settings: Settings) -> list[dict[str, Any]]:
+    """The two benchmark images, already at HF's target size (so og's and HF's grids agree)."""
+    from PIL import Image
+
+    from builder_qwen3vl.resize import hf_grid, resize_for_og
+
+    out = []
+    for width, height in IMAGE_SIZES:
+        raw = test_image(Path(settings.work) / "images" / f"raw_{width}x{height}.png", width, height)
+        path = Path(settings.work) / "images" / f"image_{width}x{height}.png"
+        if not path.exists():
+            with Image.open(raw) as img:
+                resize_for_og(img.convert("RGB")).save(path)
+        grid = hf_grid(height, width)
+        out.append({"name": f"{width}x{height}", "path": str(path), "grid_thw": list(grid), "patches": grid[0] * grid[1] * grid[2]})
+    return out
+
+
+def hf_vision_output_path(settings: Settings, image_name: str) -> Path:
+    """HF fp32's vision output for one benchmark image, saved by measure_hf for the parity of ours."""
+    return Path(settings.work) / f"hf_vision_fp32_{image_name}.npy"

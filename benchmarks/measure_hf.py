@@ -10,8 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from common import Settings, random_pixel_values, text_prompt_ids, timed
-from measure_onnx import benchmark_images
+from common import Settings, benchmark_images, hf_vision_output_path, random_pixel_values, text_prompt_ids, timed
 
 from builder_qwen3vl.tokens import IMAGE_TOKEN_ID
 
@@ -69,10 +68,6 @@ def vision_hf(settings: Settings, dtype: str) -> dict[str, Any]:
             wide = torch.cat([out.pooler_output, *out.deepstack_features], dim=-1).float().numpy()
             np.save(hf_vision_output_path(settings, image["name"]), wide)
     return {"images": results, "attn_implementation": "sdpa", "dtype": dtype}
-
-
-def hf_vision_output_path(settings: Settings, image_name: str) -> Path:
-    return Path(settings.work) / f"hf_vision_fp32_{image_name}.npy"
 
 
 def load_lm(settings: Settings, dtype: str, attn: str):

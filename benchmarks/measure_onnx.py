@@ -12,7 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from common import IMAGE_SIZES, IMAGE_TAG, Settings, question_text, random_pixel_values, test_image, text_prompt_ids, timed
+from common import (Settings, benchmark_images, hf_vision_output_path, question_text, random_pixel_values,
+                    text_prompt_ids, timed)
+
+from builder_qwen3vl.og_run import chat_prompt, greedy, load_model
 
 ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
 
@@ -40,7 +43,6 @@ def threads_og(settings: Settings, ctx: int = 256, steps: int = 16) -> dict[str,
     removed (og's own default), 1 and 2: how og 0.18 treats each setting, measured."""
     import shutil
 
-    import onnxruntime_genai as og
 
     results = {}
     for label, value in (("as written", "keep"), ("absent (og default)", None), ("1", 1), ("2", 2)):
@@ -58,41 +60,12 @@ def threads_og(settings: Settings, ctx: int = 256, steps: int = 16) -> dict[str,
             elif value != "keep":
                 options["intra_op_num_threads"] = value
         (folder / "genai_config.json").write_text(json.dumps(genai, indent=2))
-        model = og.Model(str(folder))
-        params = og.GeneratorParams(model)
-        params.set_search_options(do_sample=False, max_length=ctx + steps + 2)
-        gen = og.Generator(model, params)
-        start = time.perf_counter()
-        gen.append_tokens(text_prompt_ids(ctx))
-        prefill_s = time.perf_counter() - start
-        gen.generate_next_token()
-        times = []
-        for _ in range(steps):
-            start = time.perf_counter()
-            gen.generate_next_token()
-            times.append(time.perf_counter() - start)
+        model = load_model(folder)
+        prefill_s, times = _timed_steps(model, text_prompt_ids(ctx), steps)
         results[label] = {"prefill_s": prefill_s, "tokens_per_s": 1.0 / statistics.median(times),
                           "intra_op_num_threads": genai["model"]["decoder"]["session_options"].get("intra_op_num_threads")}
-        del gen, model
+        del model
     return {"context": ctx, "cpu_count": os.cpu_count(), "settings": results}
-
-
-def benchmark_images(settings: Settings) -> list[dict[str, Any]]:
-    """The two benchmark images, already at HF's target size (so og's and HF's grids agree)."""
-    from PIL import Image
-
-    from builder_qwen3vl.resize import hf_grid, resize_for_og
-
-    out = []
-    for width, height in IMAGE_SIZES:
-        raw = test_image(Path(settings.work) / "images" / f"raw_{width}x{height}.png", width, height)
-        path = Path(settings.work) / "images" / f"image_{width}x{height}.png"
-        if not path.exists():
-            with Image.open(raw) as img:
-                resize_for_og(img.convert("RGB")).save(path)
-        grid = hf_grid(height, width)
-        out.append({"name": f"{width}x{height}", "path": str(path), "grid_thw": list(grid), "patches": grid[0] * grid[1] * grid[2]})
-    return out
 
 
 def vision_ours(settings: Settings) -> dict[str, Any]:
@@ -126,8 +99,6 @@ def vision_variants(settings: Settings) -> dict[str, Any]:
     from builder_qwen3vl.build import load_hf_visual
     from builder_qwen3vl.checkpoint import read_checkpoint
     from builder_qwen3vl.vision import export_vision_encoder
-    from measure_hf import hf_vision_output_path
-
     torch.set_num_threads(settings.threads)
     images = benchmark_images(settings)
     paths = {"bundle": settings.bundle / "vision_encoder.onnx"}
@@ -165,20 +136,14 @@ def vision_variants(settings: Settings) -> dict[str, Any]:
     return {"variants": results}
 
 
-def _og_prompt(og, model, question: str) -> str:
-    tokenizer = og.Tokenizer(model)
-    messages = [{"role": "user", "content": IMAGE_TAG + question}]
-    return tokenizer.apply_chat_template(messages=json.dumps(messages), add_generation_prompt=True)
-
-
 def ttft_og(settings: Settings) -> dict[str, Any]:
     """Processor + vision + embeddings + prefill + first token, through og's own API (as examples/chat.py)."""
     import onnxruntime_genai as og
 
-    model = og.Model(str(settings.bundle))
+    model = load_model(settings.bundle)
     tokenizer = og.Tokenizer(model)
     question = question_text(lambda s: list(tokenizer.encode(s)))
-    prompt = _og_prompt(og, model, question)
+    prompt = chat_prompt(tokenizer, question, num_images=1)
     processor = model.create_multimodal_processor()
     results: dict[str, Any] = {"question": question}
     for image in benchmark_images(settings):
@@ -186,13 +151,8 @@ def ttft_og(settings: Settings) -> dict[str, Any]:
 
         def once() -> None:
             inputs = processor(prompt, images=og.Images.open(image["path"]))
-            params = og.GeneratorParams(model)
-            n = inputs["input_ids"].as_numpy().shape[-1]
-            params.set_search_options(do_sample=False, max_length=n + 1)
-            gen = og.Generator(model, params)
-            gen.set_inputs(inputs)
-            gen.generate_next_token()
-            first_token.append(int(gen.get_next_tokens()[0]))
+            token, _ = next(greedy(model, inputs, max_new_tokens=1))
+            first_token.append(token)
 
         processor_t = timed(lambda: processor(prompt, images=og.Images.open(image["path"])), settings.repeats, warmup=1)
         inputs = processor(prompt, images=og.Images.open(image["path"]))
@@ -207,29 +167,24 @@ def ttft_og(settings: Settings) -> dict[str, Any]:
     return results
 
 
+def _timed_steps(model: Any, ids: np.ndarray, steps: int) -> tuple[float, list[float]]:
+    """og.Generator via og_run.greedy: seconds to the first token (the prefill of ``ids``), then of each step."""
+    times, start = [], time.perf_counter()
+    for _ in greedy(model, ids, max_new_tokens=steps + 1):
+        now = time.perf_counter()
+        times.append(now - start)
+        start = now
+    return times[0], times[1:]
+
+
 def decode_og(settings: Settings) -> dict[str, Any]:
     """og runtime on our bundle: text-only prompt of ``ctx`` tokens, then time decode steps."""
-    import onnxruntime_genai as og
-
-    model = og.Model(str(settings.bundle))
+    model = load_model(settings.bundle)
     results = {}
     for ctx in settings.contexts:
-        ids = text_prompt_ids(ctx)
-        params = og.GeneratorParams(model)
-        params.set_search_options(do_sample=False, max_length=ctx + settings.decode_steps + 2)
-        gen = og.Generator(model, params)
-        start = time.perf_counter()
-        gen.append_tokens(ids)
-        prefill_s = time.perf_counter() - start
-        gen.generate_next_token()  # samples from the prefill logits: no forward pass
-        steps = []
-        for _ in range(settings.decode_steps):
-            start = time.perf_counter()
-            gen.generate_next_token()
-            steps.append(time.perf_counter() - start)
+        prefill_s, steps = _timed_steps(model, text_prompt_ids(ctx), settings.decode_steps)
         med = statistics.median(steps)
         results[str(ctx)] = {"prefill_s": prefill_s, "step_median_s": med, "tokens_per_s": 1.0 / med, "steps": len(steps)}
-        del gen
     return results
 
 

@@ -37,7 +37,10 @@ def measure(root: Path, shape: str, ckpt: Path, level: int, block: int, repeats:
     s.save()
     for phase in ("build", "ttft_og", "decode_og"):
         run_phase(phase, s, resume=True)
-    written = matmulnbits_settings(s.bundle / "model.onnx")
+    record = Path(s.work) / "matmulnbits.json"  # what the build wrote, kept after the bundle is deleted
+    if (s.bundle / "model.onnx").exists():
+        record.write_text(json.dumps(sorted(matmulnbits_settings(s.bundle / "model.onnx"))))
+    written = {tuple(pair) for pair in json.loads(record.read_text())}
     if written != {(level, block)}:
         raise RuntimeError(f"{s.bundle}/model.onnx has MatMulNBits (accuracy_level, block_size) {written}, expected {(level, block)}")
     if not keep:

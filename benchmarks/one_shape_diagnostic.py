@@ -34,6 +34,7 @@ from PIL import Image, ImageDraw
 from builder_qwen3vl.testing import shapes_task as st
 from builder_qwen3vl.testing import training as tt
 from builder_qwen3vl.testing.checkpoints import write_checkpoint
+from builder_qwen3vl.testing.scenes import draw_shape
 
 log = logging.getLogger("one_shape_diagnostic")
 DATA_SEED = 777  # a stream used by neither training nor evaluation
@@ -51,7 +52,7 @@ def scene(rng: random.Random) -> tuple[Image.Image, st.Shape]:
     shape = st.Shape(kind, rng.choice(list(st.COLOURS)), (x0, y0, x0 + size, y0 + size))
     grey = rng.randint(235, 255)
     image = Image.new("RGB", (w, h), (grey, grey, grey))
-    st._draw(ImageDraw.Draw(image), shape)
+    draw_shape(ImageDraw.Draw(image), shape)
     return image, shape
 
 

@@ -12,6 +12,7 @@ import sys, torch, random
 from pathlib import Path
 from PIL import Image, ImageDraw
 from builder_qwen3vl.testing import shapes_task, evaluate
+from builder_qwen3vl.testing.scenes import draw_shape
 from builder_qwen3vl.testing.training import Encoder
 torch.set_num_threads(1)
 ck = Path(sys.argv[1]); n = int(sys.argv[2]) if len(sys.argv) > 2 else 600
@@ -31,11 +32,11 @@ for i in range(n):
     for j, d in enumerate(out.deepstack_features):
         feats[f"ds{j}"].append(d)
     H, W = h * 16, w * 16
-    # Label masks drawn by the task's own _draw (one shape per layer; every task colour has all channels > 0).
+    # Label masks drawn by the task's own drawing (one shape per layer; every task colour has all channels > 0).
     masks = {"kind": torch.zeros(H, W, dtype=torch.long), "col": torch.zeros(H, W, dtype=torch.long)}
     for s in shapes:
         layer = Image.new("RGB", image.size, (0, 0, 0))
-        shapes_task._draw(ImageDraw.Draw(layer), s)
+        draw_shape(ImageDraw.Draw(layer), s)
         covered = torch.tensor(list(layer.convert("L").resize((W, H), Image.NEAREST).getdata())).view(H, W) > 0
         masks["kind"][covered] = KIND[s.kind]
         masks["col"][covered] = COL[s.colour]

@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING
 
 from . import genai_config, io_spec
 from .checkpoint import Checkpoint, read_checkpoint
-from .weights import load_prefix, load_tensors
-from .options import BuildOptions
 from .logs import heartbeat
-from .subprocess_step import run_in_child
+from .options import BuildOptions
 from .output_folder import check_output_folder, staged_output
+from .plan import BuildPlan, make_plan
+from .subprocess_step import run_in_child
+from .weights import EMBED_TABLE, lm_head_is_table, load_prefix, load_tensors
 
 if TYPE_CHECKING:
     from .decoder import DecoderBuild
@@ -39,32 +40,34 @@ def build(options: BuildOptions) -> Path:
     """Build the bundle described by ``options``; return the output folder."""
     with step("reading checkpoint"):
         ckpt = read_checkpoint(options.input)
-    genai_config.resolve_max_length(options.max_length, ckpt.config)  # a bad max_length fails before any work
+    tied = lm_head_is_table(ckpt)  # reads two tensors only when a tied config also stores an lm_head
+    if ckpt.config.text.tie_word_embeddings and not tied:
+        log.warning("%s: config.json says tie_word_embeddings=true but the weights hold an lm_head.weight that is not "
+                    "the embedding table; like HF transformers, the bundle uses the stored lm_head", ckpt.folder)
+    plan = make_plan(ckpt.config, options, lm_head_is_table=tied)  # e.g. a bad max_length fails here, before any work
+    log.info("build plan: %s", plan)
     check_output_folder(options.input, options.output, options.overwrite)
     with staged_output(options.output) as staging:
-        write_bundle(ckpt, options, staging)
+        write_bundle(ckpt, plan, options, staging)
     log.info("bundle written to %s; try: python examples/chat.py -m %s --image IMAGE", options.output, options.output)
     return options.output
 
 
-def write_bundle(ckpt: Checkpoint, options: BuildOptions, out: Path) -> None:
+def write_bundle(ckpt: Checkpoint, plan: BuildPlan, options: BuildOptions, out: Path) -> None:
     with step("building model.onnx with the og builder"):
-        decoder = _build_decoder(ckpt, options, out)
+        decoder = _build_decoder(ckpt, plan, options, out)
+        plan.check_decoder(decoder)
     with step("exporting embeddings.onnx"):
-        _export_embeddings(ckpt, options, out, decoder.io_dtype)
+        _export_embeddings(ckpt, plan, out)
     with step("exporting vision_encoder.onnx"):
-        _export_vision(ckpt, options, out, decoder.io_dtype)
+        _export_vision(ckpt, plan, out)
     with step("writing configs and tokenizer"):
-        write_configs(ckpt, options, out, decoder.genai_config)
+        write_configs(ckpt, plan, out, decoder.og_genai_config)
 
 
-def write_configs(ckpt: Checkpoint, options: BuildOptions, out: Path, og_genai: dict | None) -> None:
-    cfg = ckpt.config
-    genai = genai_config.make_genai_config(cfg, options.execution_provider, og_genai,
-                                           intra_op_num_threads=options.intra_op_num_threads,
-                                           max_length=options.max_length)
-    genai_config.write_json(out / "genai_config.json", genai)
-    genai_config.write_json(out / io_spec.PROCESSOR_CONFIG_FILENAME, genai_config.make_processor_config(cfg))
+def write_configs(ckpt: Checkpoint, plan: BuildPlan, out: Path, og_genai: dict | None) -> None:
+    genai_config.write_json(out / "genai_config.json", genai_config.make_genai_config(ckpt.config, plan, og_genai))
+    genai_config.write_json(out / io_spec.PROCESSOR_CONFIG_FILENAME, genai_config.make_processor_config(ckpt.config))
     for path in ckpt.tokenizer_files:
         shutil.copy2(path, out / path.name)
 
@@ -76,13 +79,13 @@ def write_configs(ckpt: Checkpoint, options: BuildOptions, out: Path, og_genai: 
 ISOLATE_DECODER_BYTES = 1 << 30
 
 
-def _build_decoder(ckpt: Checkpoint, options: BuildOptions, out: Path) -> DecoderBuild:
+def _build_decoder(ckpt: Checkpoint, plan: BuildPlan, options: BuildOptions, out: Path) -> DecoderBuild:
     from .decoder import build_decoder
 
     kwargs = dict(
-        input_dir=ckpt.folder, output_dir=out, precision=options.precision,
-        execution_provider=options.execution_provider, cache_dir=options.cache_dir,
-        extra_options=options.og_extra_options, deepstack=options.own_option("deepstack", "true") == "true",
+        input_dir=ckpt.folder, output_dir=out, precision=plan.precision,
+        execution_provider=plan.execution_provider, cache_dir=options.cache_dir,
+        extra_options=dict(plan.og_extra_options), deepstack=plan.apply_deepstack,
     )
     large = checkpoint_bytes(ckpt) >= ISOLATE_DECODER_BYTES
     kwargs["spill_before_quantizing"] = large  # 2B int4: 13.1 -> see docs/benchmarks.md
@@ -95,39 +98,31 @@ def checkpoint_bytes(ckpt: Checkpoint) -> int:
     return sum(p.stat().st_size for p in {info.file for info in ckpt.tensors.values()})
 
 
-def _export_embeddings(ckpt: Checkpoint, options: BuildOptions, out: Path, io_dtype: str) -> None:
-    from .embeddings import export_embeddings, find_shared_int4_table
+def _export_embeddings(ckpt: Checkpoint, plan: BuildPlan, out: Path) -> None:
+    from .embeddings import export_embeddings
+    from .shared_table import find_shared_int4_table
 
-    table = load_tensors(ckpt, ["model.language_model.embed_tokens.weight"])["model.language_model.embed_tokens.weight"]
-    precision = options.own_option("embeddings_precision", options.precision)
+    table = load_tensors(ckpt, [EMBED_TABLE])[EMBED_TABLE]
     shared = None
-    if precision == "int4" and ckpt.config.text.tie_word_embeddings:
+    if plan.embeddings_precision == "int4" and plan.lm_head_is_table:
         shared, why = find_shared_int4_table(out / io_spec.DECODER_FILENAME, *table.shape)
         log.info("embeddings int4: %s", f"reading the tied {why}" if shared else f"own table (cannot share: {why})")
-    args = (table, ckpt.config.tokens.image_token_id, ckpt.config.num_deepstack, out / io_spec.EMBEDDING.filename)
+    args = (table, ckpt.config.tokens.image_token_id, plan.D, out / io_spec.EMBEDDING.filename)
+    kwargs = dict(precision=plan.embeddings_precision, io_dtype=plan.io_dtype)
     if shared is not None:
         try:
-            export_embeddings(*args, precision=precision, io_dtype=io_dtype, shared_table=shared)
+            export_embeddings(*args, **kwargs, shared_table=shared)
             return
         except (ValueError, RuntimeError) as e:  # layout or dtype we did not foresee: a second table is still correct
             log.warning("embeddings int4: not sharing the lm_head (%s); writing an own table", e)
-    export_embeddings(*args, precision=precision, io_dtype=io_dtype)
+    export_embeddings(*args, **kwargs)
 
 
-# Vision weights for -p int4: onnxruntime's dynamic int8 quantization (s8 per-channel weights, int8 x int8
-# kernels), measured at the 2B shape on 2 cores (docs/benchmarks.md): 1.76x / 1.60x HF fp32's patches/s at
-# 448x448 / 1000x667, cosine 0.99952 vs HF fp32; int8 MatMulNBits (the former default) ran at 0.83x / 0.97x.
-DEFAULT_VISION_PRECISION = {"fp32": "fp32", "fp16": "fp16", "int4": "qint8"}
-
-
-def _export_vision(ckpt: Checkpoint, options: BuildOptions, out: Path, io_dtype: str) -> None:
+def _export_vision(ckpt: Checkpoint, plan: BuildPlan, out: Path) -> None:
     from .vision import export_vision_encoder
 
-    weights = options.own_option("vision_precision", DEFAULT_VISION_PRECISION[options.precision])
-    graph_dtype = "fp16" if io_dtype == "float16" else "fp32"
-    if graph_dtype == "fp16" and weights == "fp32":
-        weights = "fp16"
-    export_vision_encoder(load_hf_visual(ckpt), out / io_spec.VISION.filename, dtype=graph_dtype, weights=weights)
+    export_vision_encoder(load_hf_visual(ckpt), out / io_spec.VISION.filename, dtype=plan.vision_dtype,
+                          weights=plan.vision_weights, width=plan.W)
 
 
 def load_hf_visual(ckpt: Checkpoint):

@@ -137,7 +137,7 @@ def _chat_template(folder: Path, tokenizer_config: dict[str, Any]) -> str | None
     return template if isinstance(template, str) else None
 
 
-def read_checkpoint(folder: str | Path, *, check_weights: bool = True) -> Checkpoint:
+def read_checkpoint(folder: str | Path) -> Checkpoint:
     """Read and validate an HF Qwen3-VL checkpoint folder; raise InputError with a one-line reason."""
     folder = Path(folder)
     if not folder.exists():
@@ -153,7 +153,7 @@ def read_checkpoint(folder: str | Path, *, check_weights: bool = True) -> Checkp
     config = Qwen3VLConfig.from_dict(raw, generation=generation, preprocessor=preprocessor, where=str(config_path))
 
     tensors = read_checkpoint_tensors(folder)
-    weight_dtype = check_tensors(folder, tensors, expected_tensors(config.text, config.vision)) if check_weights else "BF16"
+    weight_dtype = check_tensors(folder, tensors, expected_tensors(config.text, config.vision))
 
     missing = [name for name in TOKENIZER_FILES if not (folder / name).is_file()]
     if missing:

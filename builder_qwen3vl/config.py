@@ -192,10 +192,10 @@ class TokenIds:
         # pad must not be 0: og gives every prompt token equal to pad position 0 and mask 0.
         pad = gen.get("pad_token_id", text.get("pad_token_id")) or 151643
         return cls(
-            image_token_id=int(config.get("image_token_id", 151655)),
-            video_token_id=int(config.get("video_token_id", 151656)),
-            vision_start_token_id=int(config.get("vision_start_token_id", 151652)),
-            vision_end_token_id=int(config.get("vision_end_token_id", 151653)),
+            image_token_id=int(config.get("image_token_id", cls.image_token_id)),
+            video_token_id=int(config.get("video_token_id", cls.video_token_id)),
+            vision_start_token_id=int(config.get("vision_start_token_id", cls.vision_start_token_id)),
+            vision_end_token_id=int(config.get("vision_end_token_id", cls.vision_end_token_id)),
             bos_token_id=None if bos is None else int(bos),
             pad_token_id=int(pad),
             eos_token_ids=eos_list,
@@ -264,11 +264,6 @@ class Qwen3VLConfig:
     def num_deepstack(self) -> int:
         return self.vision.num_deepstack
 
-    @property
-    def wide_hidden_size(self) -> int:
-        """Width of image_features / inputs_embeds in the bundle: (1 + D) * H (see docs/architecture.md)."""
-        return (1 + self.num_deepstack) * self.text.hidden_size
-
     @classmethod
     def from_dict(
         cls,
@@ -293,10 +288,10 @@ class Qwen3VLConfig:
                 f"{where}: vision_config out_hidden_size={vision.out_hidden_size} must equal "
                 f"text_config hidden_size={text.hidden_size}"
             )
-        if vision.num_deepstack >= text.num_hidden_layers:
+        if vision.num_deepstack > text.num_hidden_layers:  # HF adds block k after text layer k, drops the rest
             raise InputError(
-                f"{where}: {vision.num_deepstack} DeepStack layers need at least {vision.num_deepstack + 1} "
-                f"text layers, found num_hidden_layers={text.num_hidden_layers}"
+                f"{where}: {vision.num_deepstack} DeepStack layers need at least {vision.num_deepstack} "
+                f"text layers, found num_hidden_layers={text.num_hidden_layers} (HF would silently drop the extra blocks)"
             )
         tokens = TokenIds.from_dicts(config, generation)
         if not 0 <= tokens.image_token_id < text.vocab_size:

@@ -40,6 +40,7 @@ import torch
 from onnx_ir import tape as ir_tape
 
 from . import io_spec
+from .shared_table import SharedInt4Table, shared_lookup
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ EMBED_GATHER_NODE = "/embed_tokens/Gather"  # the only node the int4 quantizer m
 _ERROR_CHECK_ELEMENTS = 1 << 24
 _ERROR_CHECK_OUTPUT_BYTES = 1 << 26  # per session.run: bounds the [1, rows, W] output chunk to 64 MiB
 # int4 RTN of a Gaussian table gives ~0.09 relative RMS error; an untied or mis-read table gives ~1.4.
-SHARED_TABLE_MAX_REL_RMS = 0.25
+INT4_MAX_REL_RMS = 0.25
 
 
 @dataclass(frozen=True)
@@ -65,11 +66,6 @@ class EmbeddingsExport:
     int4_max_abs_error: float | None = None  # max |embeddings.onnx text row - float table row| over the rows run
     int4_rel_rms_error: float | None = None  # ||error||_2 / ||float rows||_2 over the same rows
     int4_error_rows: int | None = None  # how many table rows the two figures above cover
-
-
-def default_io_dtype(precision: str) -> str:
-    """fp16 tables run in float16; fp32 and int4 (CPU: the og decoder's io dtype is float32) in float32."""
-    return "float16" if precision == "fp16" else "float32"
 
 
 def _const(t: ir_tape.Tape, name: str, array: np.ndarray) -> ir.Value:
@@ -143,91 +139,6 @@ def _float_lookup(table_VH: np.ndarray, ir_dtype: ir.DataType) -> Callable[[ir_t
         if ir.DataType.from_numpy(table_VH.dtype) == ir_dtype:
             return rows
         return t.op("Cast", [rows], {"to": ir_dtype}, name="/embed_tokens/Cast")
-
-    return lookup
-
-
-@dataclass(frozen=True)
-class SharedInt4Table:
-    """Where the decoder's tied int4 lm_head lives, for embeddings.onnx to read in place."""
-
-    folder: Path  # the bundle folder holding the decoder; embeddings.onnx must be written there too
-    location: str  # external-data file name, relative to ``folder`` (model.onnx.data)
-    weight_offset: int  # uint8 codes, V x H/2 bytes
-    weight_length: int
-    scales_offset: int  # V x H/block scales in the io dtype
-    scales_length: int
-    scales_dtype: ir.DataType
-    vocab: int
-    hidden: int
-    block_size: int
-
-
-def find_shared_int4_table(decoder_path: Path, vocab: int, hidden: int) -> tuple[SharedInt4Table | None, str]:
-    """The lm_head's int4 tensors in ``decoder_path`` if embeddings.onnx can read them, else (None, why not).
-
-    Only the layout is checked here (a symmetric 4-bit MatMulNBits of shape V x H without padding,
-    stored as external data); that the table is tied is the caller's knowledge, and the written
-    embeddings graph is run against the float table afterwards in any case.
-    """
-    model = onnx.load(str(decoder_path), load_external_data=False)
-    inits = {t.name: t for t in model.graph.initializer}
-    heads = [n for n in model.graph.node if n.op_type == "MatMulNBits"
-             and {a.name: a.i for a in n.attribute}.get("N") == vocab]
-    if len(heads) != 1:
-        return None, f"expected one MatMulNBits with N = {vocab} (the lm_head), found {len(heads)}"
-    node = heads[0]
-    attrs = {a.name: a.i for a in node.attribute}
-    if attrs.get("bits") != 4 or attrs.get("K") != hidden:
-        return None, f"lm_head {node.name} has bits={attrs.get('bits')} K={attrs.get('K')}, expected 4 and {hidden}"
-    block = attrs.get("block_size", 0)
-    if len(node.input) > 3 and any(node.input[3:]):
-        return None, f"lm_head {node.name} has zero points or g_idx inputs"
-    if "weight_prepacked" in attrs:  # og's CUDA fpA_intB layout: same bytes, another order
-        return None, f"lm_head {node.name} weights are prepacked for CUDA"
-    if block < 16 or hidden % block:
-        return None, f"lm_head block size {block} does not divide hidden size {hidden}"
-    weight, scales = inits.get(node.input[1]), inits.get(node.input[2])
-    if weight is None or scales is None:
-        return None, f"lm_head {node.name} weights are not initializers"
-    expected = {weight.name: [vocab, hidden // block, block // 2], scales.name: [vocab, hidden // block]}
-    located = {}
-    for tensor in (weight, scales):
-        info = {e.key: e.value for e in tensor.external_data}
-        if tensor.data_location != onnx.TensorProto.EXTERNAL or "location" not in info:
-            return None, f"{tensor.name} is not stored as external data"
-        if list(tensor.dims) != expected[tensor.name]:
-            return None, f"{tensor.name} has shape {list(tensor.dims)}, expected {expected[tensor.name]}"
-        located[tensor.name] = (info["location"], int(info.get("offset", 0)), int(info["length"]))
-    if weight.data_type != onnx.TensorProto.UINT8 or located[weight.name][0] != located[scales.name][0]:
-        return None, f"{weight.name} is not uint8 or its scales are in another file"
-    location = located[weight.name][0]
-    if Path(location).name != location:
-        return None, f"external data location {location!r} is not a file in the bundle folder"
-    return SharedInt4Table(
-        folder=Path(decoder_path).parent, location=location, weight_offset=located[weight.name][1], weight_length=located[weight.name][2],
-        scales_offset=located[scales.name][1], scales_length=located[scales.name][2],
-        scales_dtype=ir.DataType(scales.data_type), vocab=vocab, hidden=hidden, block_size=block,
-    ), f"lm_head {node.name} (block {block})"
-
-
-def _shared_lookup(table: SharedInt4Table, base_dir: Path) -> Callable[[ir_tape.Tape, ir.Value], ir.Value]:
-    def lookup(t: ir_tape.Tape, ids_T: ir.Value) -> ir.Value:
-        codes = ir.ExternalTensor(
-            table.location, table.weight_offset, table.weight_length, ir.DataType.UINT8,
-            shape=ir.Shape([table.vocab, table.hidden // 2]), name="lm_head.MatMul.weight_Q4", base_dir=base_dir,
-        )
-        scales = ir.ExternalTensor(
-            table.location, table.scales_offset, table.scales_length, table.scales_dtype,
-            shape=ir.Shape([table.vocab, table.hidden // table.block_size]), name="lm_head.MatMul.weight_scales",
-            base_dir=base_dir,
-        )
-        # uint8 codes without zero points: GatherBlockQuantized subtracts 8, as MatMulNBits does.
-        return t.op(
-            "GatherBlockQuantized", [t.initializer(codes), ids_T, t.initializer(scales)],
-            {"bits": 4, "block_size": table.block_size, "gather_axis": 0, "quantize_axis": 1},
-            domain="com.microsoft", name="/embed_tokens/GatherBlockQuantized",
-        )
 
     return lookup
 
@@ -323,14 +234,15 @@ def export_embeddings(
     """Write embeddings.onnx (+ embeddings.onnx.data) for the [V, H] table ``embed_weight``.
 
     ``deepstack_layers`` is D: inputs_embeds and image_features are (1 + D) * H wide.
-    ``io_dtype`` ("float32"/"float16") must match the decoder's; default: ``default_io_dtype(precision)``.
+    ``io_dtype`` ("float32"/"float16") must match the decoder's (the build plan's); default: float16 for an
+    fp16 table, else float32.
     ``block_size`` and ``is_symmetric`` (og's names) only apply to int4.
     ``shared_table``: int4 only; read the decoder's tied lm_head in place instead of quantizing
     ``embed_weight`` (which is then only the reference the written graph is checked against).
     """
     if precision not in EMBEDDINGS_PRECISIONS:
         raise ValueError(f"precision: '{precision}' is not one of {', '.join(EMBEDDINGS_PRECISIONS)}")
-    io_dtype = io_dtype or default_io_dtype(precision)
+    io_dtype = io_dtype or ("float16" if precision == "fp16" else "float32")
     if io_dtype not in IO_DTYPES:
         raise ValueError(f"io_dtype: '{io_dtype}' is not one of {', '.join(IO_DTYPES)}")
     if embed_weight.dim() != 2:
@@ -355,7 +267,7 @@ def export_embeddings(
         if path.parent.resolve() != shared_table.folder.resolve():
             raise ValueError(f"shared_table: {path} must be written beside the decoder in {shared_table.folder}")
         block_size, is_symmetric = shared_table.block_size, True
-        model = _build_model(_shared_lookup(shared_table, path.parent), hidden, width, image_token_id, ir_dtype, np_dtype)
+        model = _build_model(shared_lookup(shared_table, path.parent), hidden, width, image_token_id, ir_dtype, np_dtype)
         path.with_name(path.name + ".data").unlink(missing_ok=True)  # a stale own table from an earlier export
     elif precision == "int4":
         # The quantizer works on a ModelProto: build the float graph in the io dtype (so scales and
@@ -389,10 +301,13 @@ def export_embeddings(
         block_size, "symmetric" if is_symmetric else "asymmetric",
         f", shared with the lm_head in {shared_table.location}" if shared_table else "", rows, vocab, max_err, rel_rms,
     )
-    if shared_table is not None and rel_rms > SHARED_TABLE_MAX_REL_RMS:
+    if rel_rms > INT4_MAX_REL_RMS:
         path.unlink()
-        raise RuntimeError(
-            f"{path.name}: the lm_head in {shared_table.location} is not the embedding table in int4 "
-            f"(relative RMS error {rel_rms:.3g} > {SHARED_TABLE_MAX_REL_RMS}); is the checkpoint really tied?"
-        )
+        if shared_table is not None:
+            raise RuntimeError(
+                f"{path.name}: the lm_head in {shared_table.location} is not the embedding table in int4 "
+                f"(relative RMS error {rel_rms:.3g} > {INT4_MAX_REL_RMS}); is the checkpoint really tied?"
+            )
+        raise RuntimeError(f"{path.name}: int4 table's relative RMS error {rel_rms:.3g} > {INT4_MAX_REL_RMS} "
+                           f"(block {block_size}); onnxruntime's quantizer output is not the table")
     return dataclasses.replace(export, int4_max_abs_error=max_err, int4_rel_rms_error=rel_rms, int4_error_rows=rows)

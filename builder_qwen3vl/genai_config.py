@@ -15,8 +15,7 @@ from typing import Any
 
 from . import io_spec
 from .config import Qwen3VLConfig
-from .errors import InputError
-from .options import DEFAULT_MAX_LENGTH
+from .plan import BuildPlan
 from .resources import load_template
 
 DEFAULT_DECODER_INPUTS = {
@@ -37,30 +36,12 @@ def provider_options(execution_provider: str) -> list[dict[str, Any]]:
     return [] if execution_provider == "cpu" else [{execution_provider: {}}]
 
 
-def resolve_max_length(asked: int | None, cfg: Qwen3VLConfig) -> int:
-    """search.max_length: ``asked`` (at most the context length), else DEFAULT_MAX_LENGTH capped by it."""
-    context = cfg.text.max_position_embeddings
-    if asked is None:
-        return min(DEFAULT_MAX_LENGTH, context)
-    if asked > context:
-        raise InputError(f"--extra_options max_length={asked}: more than the checkpoint's context length {context} "
-                         "(config.json max_position_embeddings)")
-    return asked
-
-
-def make_genai_config(
-    cfg: Qwen3VLConfig,
-    execution_provider: str,
-    og_genai: dict[str, Any] | None = None,
-    *,
-    intra_op_num_threads: int = 0,
-    max_length: int | None = None,
-) -> dict[str, Any]:
-    """Fill the template. ``og_genai`` is the genai_config og's builder wrote for the decoder, if any:
+def make_genai_config(cfg: Qwen3VLConfig, plan: BuildPlan, og_genai: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Fill the template. ``og_genai`` is the genai_config og's builder made for the decoder, if any:
     its decoder input/output names, session options and KV-buffer sharing describe the graph it
-    built, so they win over ours. ``intra_op_num_threads`` goes into each of the three sessions
-    (og 0.18 passes 0 on to onnxruntime: every physical core); ``max_length`` (at most
-    context_length) sizes og's KV buffer unless a request sets its own."""
+    built, so they win over ours. The plan's ``intra_op_num_threads`` goes into each of the three
+    sessions (og 0.18 passes 0 on to onnxruntime: every physical core); its ``max_length`` sizes og's
+    KV buffer unless a request sets its own."""
     doc = load_template("genai_config.json")
     model = doc["model"]
     tok, text, vision = cfg.tokens, cfg.text, cfg.vision
@@ -74,13 +55,13 @@ def make_genai_config(
         context_length=text.max_position_embeddings,
         vocab_size=text.vocab_size,
     )
-    providers = provider_options(execution_provider)
+    providers = provider_options(plan.execution_provider)
     decoder = model["decoder"]
     og_genai = og_genai or {}
     og_decoder = og_genai.get("model", {}).get("decoder", {})
     decoder.update(
         head_size=text.head_dim,
-        hidden_size=cfg.wide_hidden_size,
+        hidden_size=plan.W,
         num_attention_heads=text.num_attention_heads,
         num_hidden_layers=text.num_hidden_layers,
         num_key_value_heads=text.num_key_value_heads,
@@ -112,11 +93,11 @@ def make_genai_config(
     vis["session_options"]["provider_options"] = providers
 
     for section in (decoder, embedding, vis):
-        section["session_options"]["intra_op_num_threads"] = intra_op_num_threads
+        section["session_options"]["intra_op_num_threads"] = plan.intra_op_num_threads
 
     gen = cfg.generation
     doc["search"].update(
-        max_length=resolve_max_length(max_length, cfg),
+        max_length=plan.max_length,
         do_sample=gen.do_sample,
         top_k=gen.top_k,
         top_p=gen.top_p,

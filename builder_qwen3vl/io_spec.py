@@ -12,8 +12,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
-    dims: tuple[str | int, ...]  # symbolic names or fixed sizes; "wide" means (1 + D) * H
-    dtype: str  # "float" (follows the model's io dtype) or "int64"
+    dims: tuple[str | int, ...]  # symbolic names or fixed sizes; "wide" means W = (1 + D) * H
 
 
 @dataclass(frozen=True)
@@ -38,24 +37,23 @@ class ModelIO:
 VISION = ModelIO(
     filename="vision_encoder.onnx",
     inputs=(
-        TensorSpec("pixel_values", ("num_patches", "patch_dim"), "float"),
-        TensorSpec("image_grid_thw", ("num_images", 3), "int64"),
+        TensorSpec("pixel_values", ("num_patches", "patch_dim")),
+        TensorSpec("image_grid_thw", ("num_images", 3)),
     ),
-    outputs=(TensorSpec("image_features", ("num_tokens", "wide"), "float"),),
+    outputs=(TensorSpec("image_features", ("num_tokens", "wide")),),
 )
 
 EMBEDDING = ModelIO(
     filename="embeddings.onnx",
     inputs=(
-        TensorSpec("input_ids", ("batch_size", "sequence_length"), "int64"),
-        TensorSpec("image_features", ("num_image_tokens", "wide"), "float"),
+        TensorSpec("input_ids", ("batch_size", "sequence_length")),
+        TensorSpec("image_features", ("num_image_tokens", "wide")),
     ),
-    outputs=(TensorSpec("inputs_embeds", ("batch_size", "sequence_length", "wide"), "float"),),
+    outputs=(TensorSpec("inputs_embeds", ("batch_size", "sequence_length", "wide")),),
 )
 
 DECODER_FILENAME = "model.onnx"
 PROCESSOR_CONFIG_FILENAME = "processor_config.json"
-
 
 
 def config_names(specs: tuple[TensorSpec, ...]) -> dict[str, str]:

@@ -21,8 +21,6 @@ OWN_EXTRA_OPTIONS: dict[str, tuple[str, ...] | None] = {
     "vision_precision": ("fp32", "fp16", "int8", "int4", "qint8", "quint8"),
     # Precision of the embedding table; default follows -p.
     "embeddings_precision": ("fp32", "fp16", "int4"),
-    # Testing aid: build a decoder that ignores the DeepStack columns (parity tests must then fail).
-    "deepstack": ("true", "false"),
     # Run-time defaults written into genai_config.json (docs/bundle.md): intra-op threads of each of the
     # three sessions (0: onnxruntime's default, every physical core) and search.max_length.
     "intra_op_num_threads": None,
@@ -33,10 +31,8 @@ OWN_EXTRA_OPTIONS: dict[str, tuple[str, ...] | None] = {
 OG_OPTION_DEFAULTS = {"prune_lm_head": "true"}
 # og's own default gives each session hardware_concurrency()/2 threads: one on a 2-core VM without SMT.
 DEFAULT_INTRA_OP_NUM_THREADS = 0
-# og sizes the shared KV buffer by search.max_length at every generator: context_length (262,144) would be
-# 60 GB of float32 KV for 2B. 8,192 positions: 1.75 GiB for 2B, 2.25 GiB for 4B and 8B (229,376 and 294,912
-# bytes per position). A request that needs more sets its own max_length.
-DEFAULT_MAX_LENGTH = 8192
+# onnxruntime's dynamic quantization (vision weights): fp32 graphs and CPU kernels only.
+DYNAMIC_VISION_WEIGHTS = ("qint8", "quint8")
 _INTEGER_OPTIONS = {"intra_op_num_threads": 0, "max_length": 1}  # key: smallest value allowed
 
 # Keys we set ourselves; a user may not override them because the bundle contract depends on them.
@@ -48,7 +44,7 @@ RESERVED_EXTRA_OPTIONS = (
 
 def og_extra_options() -> tuple[str, ...]:
     """The installed og builder's own keys (read from its source; imports og lazily)."""
-    from .decoder import og_extra_option_keys
+    from .og_builder import og_extra_option_keys
 
     return og_extra_option_keys()
 
@@ -94,19 +90,29 @@ def validate_extra_options(options: dict[str, Any]) -> None:
 def validate_combination(precision: str, execution_provider: str, extra_options: dict[str, Any]) -> None:
     """Reject precision / EP / extra-option combinations the bundle cannot honour, before any work starts.
 
-    og's builder itself accepts every -p fp32|fp16|int4 x -e cpu|cuda|dml|webgpu pair, so those all pass.
+    og's builder accepts every -p fp32|fp16|int4 x -e cpu|cuda|dml|webgpu pair; what we cannot serve is a
+    bfloat16 decoder io (og's rule, e.g. use_cuda_bf16) and dynamic int8 vision weights in a float16 bundle.
     """
-    if str(extra_options.get("use_cuda_bf16", "false")).lower() in ("true", "1"):
-        raise InputError(
-            f"--extra_options use_cuda_bf16={extra_options['use_cuda_bf16']}: bfloat16 inputs/outputs are not supported "
-            "(embeddings.onnx and vision_encoder.onnx are float32 or float16); expected use_cuda_bf16=false"
-        )
-    from .decoder import translate_int4_aliases
+    from .og_builder import og_io_dtype, translate_int4_aliases
 
     try:
-        translate_int4_aliases(extra_options)
+        og_options = translate_int4_aliases({k: v for k, v in extra_options.items() if k not in OWN_EXTRA_OPTIONS})
     except ValueError as e:
         raise InputError(f"--extra_options: {e}") from e
+    try:
+        io_dtype = og_io_dtype(precision, execution_provider, og_options)
+    except ValueError as e:  # og's normalize_bool on e.g. use_cuda_bf16=maybe
+        raise InputError(f"--extra_options: {e}") from e
+    if io_dtype == "bfloat16":
+        given = " ".join(f"{k}={v}" for k, v in extra_options.items() if "bf16" in k) or f"-p {precision}"
+        raise InputError(
+            f"--extra_options {given}: bfloat16 inputs/outputs are not supported "
+            "(embeddings.onnx and vision_encoder.onnx are float32 or float16); expected use_cuda_bf16=false"
+        )
+    vision = str(extra_options.get("vision_precision", "")).lower()
+    if io_dtype == "float16" and vision in DYNAMIC_VISION_WEIGHTS:
+        raise InputError(f"--extra_options vision_precision={vision}: needs a float32 bundle (-p fp32, or -p int4 -e cpu); "
+                         f"-p {precision} -e {execution_provider} gives float16")
 
 
 @dataclass
@@ -121,6 +127,8 @@ class BuildOptions:
     extra_options: dict[str, str] = field(default_factory=dict)
     overwrite: bool = False
     verbose: bool = False
+    # Testing aid, Python API only: False builds a decoder that ignores the DeepStack columns (parity must fail).
+    apply_deepstack: bool = True
 
     def __post_init__(self) -> None:
         self.input = Path(self.input)
@@ -144,13 +152,3 @@ class BuildOptions:
         """The extra options that pass through to the og builder, over our defaults for og's keys."""
         given = {k: v for k, v in self.extra_options.items() if k not in OWN_EXTRA_OPTIONS}
         return {**OG_OPTION_DEFAULTS, **given}
-
-    @property
-    def intra_op_num_threads(self) -> int:
-        return int(self.extra_options.get("intra_op_num_threads", DEFAULT_INTRA_OP_NUM_THREADS))
-
-    @property
-    def max_length(self) -> int | None:
-        """search.max_length asked for, or None for the default (genai_config.resolve_max_length)."""
-        value = self.extra_options.get("max_length")
-        return None if value is None else int(value)

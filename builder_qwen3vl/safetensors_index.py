@@ -13,8 +13,7 @@ from pathlib import Path
 
 from .errors import InputError
 
-# safetensors dtype tags -> bytes per element
-DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+# safetensors dtype tags of the float weights we read
 FLOAT_DTYPES = {"F32", "F16", "BF16"}
 _MAX_HEADER = 100 * 1024 * 1024
 

@@ -9,7 +9,6 @@ matches HF's exactly; pass --no-exact-grid to hand og the original files.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -17,36 +16,23 @@ from pathlib import Path
 
 import onnxruntime_genai as og
 
-from builder_qwen3vl.tokens import IMAGE_TAG
+from builder_qwen3vl.og_run import chat_prompt, greedy, load_model, resize_settings
 
 
-def exact_grid_copies(paths: list[str], folder: Path, processor_config: Path) -> list[str]:
+def exact_grid_copies(paths: list[str], folder: Path, bundle: str) -> list[str]:
     """Write HF-resized copies of the images (PIL only) and return their paths."""
     from PIL import Image
 
     from builder_qwen3vl.resize import resize_for_og
 
-    resize = next(t["operation"]["attrs"] for t in json.loads(processor_config.read_text())["processor"]["transforms"]
-                  if t["operation"]["type"] == "Resize")
+    settings = resize_settings(bundle)
     out = []
     for i, path in enumerate(paths):
         with Image.open(path) as img:
-            resized = resize_for_og(img.convert("RGB"), patch_size=resize["patch_size"], merge_size=resize["merge_size"],
-                                    min_pixels=resize["min_pixels"], max_pixels=resize["max_pixels"])
             target = folder / f"image{i}.png"
-            resized.save(target)
+            resize_for_og(img.convert("RGB"), **settings).save(target)
         out.append(str(target))
     return out
-
-
-def load_model(bundle: str, threads: int | None = None) -> og.Model:
-    """og.Model for ``bundle``; ``threads`` overrides the intra-op thread count the bundle's
-    genai_config gives its three sessions (0 there: onnxruntime's default, every physical core)."""
-    config = og.Config(bundle)
-    if threads is not None:
-        session = {"session_options": {"intra_op_num_threads": threads}}
-        config.overlay(json.dumps({"model": {"decoder": session, "embedding": session, "vision": session}}))
-    return og.Model(config)
 
 
 def generate(model: og.Model, images: list[str], prompt: str, max_new_tokens: int = 64,
@@ -54,20 +40,10 @@ def generate(model: og.Model, images: list[str], prompt: str, max_new_tokens: in
     """Stream the answer's text pieces, greedy, through og's own processor and generator."""
     tokenizer = og.Tokenizer(model)
     stream = tokenizer.create_stream()
-    processor = model.create_multimodal_processor()
-    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    messages.append({"role": "user", "content": IMAGE_TAG * len(images) + prompt})
-    text = tokenizer.apply_chat_template(messages=json.dumps(messages), add_generation_prompt=True)
-    inputs = processor(text, images=og.Images.open(*images) if images else None)
-    prompt_tokens = inputs["input_ids"].as_numpy().shape[-1]
-    params = og.GeneratorParams(model)
-    # A tight max_length: og sizes the shared KV buffers by it (context_length would be 262144 for 2B).
-    params.set_search_options(do_sample=False, max_length=prompt_tokens + max_new_tokens)
-    generator = og.Generator(model, params)
-    generator.set_inputs(inputs)
-    while not generator.is_done():
-        generator.generate_next_token()
-        yield stream.decode(generator.get_next_tokens()[0])
+    text = chat_prompt(tokenizer, prompt, len(images), system_prompt)
+    inputs = model.create_multimodal_processor()(text, images=og.Images.open(*images) if images else None)
+    for token, _ in greedy(model, inputs, max_new_tokens):
+        yield stream.decode(token)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         images = args.image
         if images and not args.no_exact_grid:
-            images = exact_grid_copies(images, Path(tmp), Path(args.model) / "processor_config.json")
+            images = exact_grid_copies(images, Path(tmp), args.model)
         for piece in generate(model, images, args.prompt, args.max_new_tokens):
             print(piece, end="", flush=True)
     print()

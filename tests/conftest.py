@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import pytest
+from stub_tokenizer import write_stub_tokenizer
 
 from builder_qwen3vl.testing.checkpoints import tiny_config, write_checkpoint
-
-
-def write_stub_tokenizer(folder: Path) -> None:
-    """Placeholder tokenizer files for tests that exercise only the reader or CLI rules."""
-    (folder / "tokenizer.json").write_text(json.dumps({"version": "1.0", "model": {"type": "BPE"}}))
-    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "Qwen2Tokenizer"}))
 
 
 @pytest.fixture(scope="session")

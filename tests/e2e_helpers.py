@@ -13,8 +13,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-IMAGE_TOKEN_ID = 151655
-IMAGE_TAG = "<|vision_start|><|image_pad|><|vision_end|>"
+from builder_qwen3vl.og_run import greedy
+from builder_qwen3vl.tokens import IMAGE_TOKEN_ID
+
 MERGE_SIZE = 2
 
 
@@ -54,12 +55,6 @@ def save_images(folder: Path, images: list[Image.Image], stem: str) -> list[str]
 
 
 # ---------------------------------------------------------------- HF side
-
-def load_hf_model(ckpt: Path) -> torch.nn.Module:
-    from transformers import Qwen3VLForConditionalGeneration
-
-    return Qwen3VLForConditionalGeneration.from_pretrained(ckpt, dtype=torch.float32).eval()
-
 
 def load_hf_tokenizer(ckpt: Path):
     from transformers import AutoTokenizer
@@ -179,35 +174,8 @@ def og_numpy(inputs) -> dict[str, np.ndarray]:
 
 
 def og_generate(model, inputs, max_new_tokens: int) -> OgGeneration:
-    """Greedy through og.Generator, the prompt length + max_new_tokens as max_length."""
-    import onnxruntime_genai as og
-
-    prompt_len = inputs["input_ids"].as_numpy().shape[-1]
-    params = og.GeneratorParams(model)
-    params.set_search_options(do_sample=False, max_length=prompt_len + max_new_tokens)
-    generator = og.Generator(model, params)
-    generator.set_inputs(inputs)
-    generator.generate_next_token()
-    prefill = np.array(generator.get_output("logits"), dtype=np.float32)
-    rows = [prefill[0, -1]]
-    tokens = [int(generator.get_next_tokens()[0])]
-    while not generator.is_done():
-        generator.generate_next_token()
-        # After generate_next_token, "logits" holds the step that chose the token just produced.
-        rows.append(np.array(generator.get_output("logits"), dtype=np.float32)[0, -1])
-        tokens.append(int(generator.get_next_tokens()[0]))
-    return OgGeneration(tokens, prefill, np.stack(rows))
-
-
-def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
-    if a.shape != b.shape:
-        raise ValueError(f"logits shapes differ: {a.shape} vs {b.shape}")
-    return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
-
-
-def cosine_and_top1(ref: np.ndarray, got: np.ndarray) -> tuple[float, float]:
-    """Mean cosine similarity of logit rows and the fraction of rows whose argmax agrees."""
-    r = ref.reshape(-1, ref.shape[-1]).astype(np.float64)
-    g = got.reshape(-1, got.shape[-1]).astype(np.float64)
-    cos = (r * g).sum(-1) / (np.linalg.norm(r, axis=-1) * np.linalg.norm(g, axis=-1))
-    return float(cos.mean()), float((r.argmax(-1) == g.argmax(-1)).mean())
+    """Greedy through og.Generator (builder_qwen3vl.og_run.greedy), keeping every step's logits."""
+    steps = list(greedy(model, inputs, max_new_tokens, keep_logits=True))
+    prefill = steps[0][1]
+    # After each generate_next_token, "logits" holds the step that chose the token just produced.
+    return OgGeneration([t for t, _ in steps], prefill, np.stack([logits[0, -1] for _, logits in steps]))

@@ -12,7 +12,9 @@ import torch
 
 from builder_qwen3vl import io_spec
 from builder_qwen3vl.embeddings import export_embeddings
-from text_helpers import IMAGE_TOKEN_ID, text_test_config
+from builder_qwen3vl.tokens import IMAGE_TOKEN_ID
+from quant_bounds import rtn_error_bound
+from text_helpers import text_test_config
 
 DEEPSTACK = 3
 
@@ -110,29 +112,6 @@ def test_fp16_exact_vs_fp16_table(hf_model, tmp_path: Path) -> None:
 BLOCK = 32
 
 
-def _rtn_error_bound(w_RH: np.ndarray, symmetric: bool, block: int = BLOCK) -> np.ndarray:
-    """Per element, the largest |dequant(quant(w)) - w| that round-to-nearest allows, from w's own block along H.
-
-    Symmetric (onnxruntime's scheme): scale = absmax / -8 puts the block's largest-magnitude value on the -8
-    end of the grid s * {-8..7}, s = absmax / 8. Values of that sign lie on the grid's span, so rounding costs
-    at most s / 2; values of the other sign reach only 7s, so one beyond 7.5s is clipped to 7s: |w| - 7s (<= s).
-    Asymmetric: s = (max(max, 0) - min(min, 0)) / 15 and the grid is shifted by the rounded zero point, which
-    moves the ends by < s / 2 without clipping anything by more than s / 2: bound s / 2.
-    The last block may be partial (H not a multiple of the block size); it is bounded by its own values.
-    """
-    bound = np.empty(w_RH.shape, dtype=np.float64)
-    for start in range(0, w_RH.shape[1], block):
-        w = w_RH[:, start : start + block].astype(np.float64)
-        if symmetric:
-            step = np.abs(w).max(axis=1, keepdims=True) / 8
-            bound[:, start : start + block] = np.maximum(step / 2, np.abs(w) - 7 * step)
-        else:
-            lo = np.minimum(w.min(axis=1, keepdims=True), 0)
-            hi = np.maximum(w.max(axis=1, keepdims=True), 0)
-            bound[:, start : start + block] = np.broadcast_to((hi - lo) / 15 / 2, w.shape)
-    return bound
-
-
 def _int4_initializers(path: Path) -> dict[str, int]:
     import onnx
 
@@ -178,7 +157,7 @@ def test_int4_error_vs_hf_fp32_table(hf_model, int4_export) -> None:
     ref = _hf_wide(hf_model, ids, feats, torch.float32)
     text = ids != IMAGE_TOKEN_ID
     err = np.abs(got - ref)[text][:, :64]
-    bound = _rtn_error_bound(table[ids[text]], symmetric)
+    bound = rtn_error_bound(table[ids[text]], symmetric)
     # Our own run over 4096 random rows (text rows only, no image features: og's decode-step shape).
     rows = np.random.default_rng(3).choice(np.delete(np.arange(table.shape[0]), IMAGE_TOKEN_ID), 4096, replace=False)
     (many,) = sess.run(None, {"input_ids": rows[None], "image_features": np.zeros((0, int4_export.width), np.float32)})
@@ -193,7 +172,7 @@ def test_int4_error_vs_hf_fp32_table(hf_model, int4_export) -> None:
     )
     # Per element: the round-to-nearest bound above, + 1e-5 relative for float32 rounding of scale and product.
     assert (err <= bound * (1 + 1e-5)).all()
-    assert (np.abs(many_err) <= _rtn_error_bound(table[rows], symmetric) * (1 + 1e-5)).all()
+    assert (np.abs(many_err) <= rtn_error_bound(table[rows], symmetric) * (1 + 1e-5)).all()
     # RTN 4-bit, N(0, sigma) table, blocks of 32: 0.086 sym / 0.081 asym measured (tiny and 2B-sized tables).
     assert rel_rms < 0.1
     # The export's figures cover every row but the image token's; they must agree with ours.
@@ -213,7 +192,7 @@ def test_int4_zero_image_rows_text_only(hf_model, int4_export) -> None:
     (got,) = _session(int4_export.path).run(None, {"input_ids": ids, "image_features": feats})
     table = hf_model.model.language_model.embed_tokens.weight.detach().numpy()
     assert got.shape == (1, 3, int4_export.width)
-    assert (np.abs(got[0, :, :64] - table[ids[0]]) <= _rtn_error_bound(table[ids[0]], _is_symmetric(int4_export)) * (1 + 1e-5)).all()
+    assert (np.abs(got[0, :, :64] - table[ids[0]]) <= rtn_error_bound(table[ids[0]], _is_symmetric(int4_export)) * (1 + 1e-5)).all()
     assert not got[..., 64:].any()
 
 
@@ -229,7 +208,7 @@ def test_int4_hidden_not_a_multiple_of_the_block(tmp_path: Path, symmetric: bool
     w = table.numpy()[[1, 299, 0]]
     err = np.abs(got[0, [0, 2, 3], :48] - w)
     print(f"int4 H=48 ({'sym' if symmetric else 'asym'}): max|err| {err.max():.3g}, export's {export.int4_max_abs_error:.3g}")
-    assert (err <= _rtn_error_bound(w, symmetric) * (1 + 1e-5)).all()  # tolerance as in the test above
+    assert (err <= rtn_error_bound(w, symmetric) * (1 + 1e-5)).all()  # tolerance as in the test above
     assert err[:, 32:].max() > 0  # the partial block really is quantized, not passed through
     np.testing.assert_array_equal(got[0, 1], feats[0])
     assert not got[0, [0, 2, 3], 48:].any()
@@ -250,7 +229,7 @@ def test_int4_on_a_float16_stream(tmp_path: Path) -> None:
     print(f"int4 on float16: max|err| vs fp32 table {err.max():.3g}")
     # The table is quantized from its float16 copy, and scales and output are float16: allow 2e-3 * |w| on top
     # of the RTN bound (float16 keeps 11 significant bits, 2^-11 = 4.9e-4, once for the table, once for the output).
-    assert (err <= _rtn_error_bound(w, True) * (1 + 2e-3) + 2e-3 * np.abs(w)).all()
+    assert (err <= rtn_error_bound(w, True) * (1 + 2e-3) + 2e-3 * np.abs(w)).all()
     np.testing.assert_array_equal(got[0, 1], feats[0])
 
 

@@ -12,7 +12,8 @@ repeats the last prompt token forever, which would make the token comparison wea
 
 from __future__ import annotations
 
-import importlib.util
+import subprocess
+import sys
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -27,19 +28,16 @@ from builder_qwen3vl import build
 from builder_qwen3vl.options import BuildOptions
 from builder_qwen3vl.resize import hf_grid, resize_for_og
 from builder_qwen3vl.testing.checkpoints import tiny_config, write_checkpoint
+from builder_qwen3vl.tokens import IMAGE_TAG, IMAGE_TOKEN_ID
+from compare import cosine_and_top1, load_hf_model, max_abs_diff
 from e2e_helpers import (
-    IMAGE_TAG,
-    IMAGE_TOKEN_ID,
     HfInputs,
     chat_prompt,
-    cosine_and_top1,
     hf_generate,
     hf_inputs,
     hf_prefill_logits,
     load_hf_image_processor,
-    load_hf_model,
     load_hf_tokenizer,
-    max_abs_diff,
     og_generate,
     og_numpy,
     og_process,
@@ -69,8 +67,9 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_checkpoint(tmp_path_factory.mktemp("e2e_ckpt"), tiny_config(tie_word_embeddings=False))
 
 
-def _build(ckpt: Path, folder: Path, precision: str, **extra: str) -> Path:
-    return build(BuildOptions(input=ckpt, output=folder / "bundle", precision=precision, extra_options=extra))
+def _build(ckpt: Path, folder: Path, precision: str, apply_deepstack: bool = True, **extra: str) -> Path:
+    return build(BuildOptions(input=ckpt, output=folder / "bundle", precision=precision, extra_options=extra,
+                              apply_deepstack=apply_deepstack))
 
 
 @pytest.fixture(scope="module")
@@ -272,17 +271,17 @@ def test_720x1280_pre_resized_matches_hf(hd_image, og_fp32_full, hf, image_dir) 
     assert decode_diff <= LOGITS_TOL
 
 
-# ---------------------------------------------------------------- 4. deepstack=false must fail parity
+# ---------------------------------------------------------------- 4. apply_deepstack=False must fail parity
 
 def test_bundle_without_deepstack_fails_parity(ckpt, cases, hf_one_image_logits, tmp_path) -> None:
-    bundle = _build(ckpt, tmp_path, "fp32", deepstack="false", prune_lm_head="false")
+    bundle = _build(ckpt, tmp_path, "fp32", apply_deepstack=False, prune_lm_head="false")
     case = cases["one_image"]
     got = _og_prefill_logits(og.Model(str(bundle)), case)
     ids = case.hf_inputs.input_ids[0].numpy()
     first_image = int(np.argmax(ids == IMAGE_TOKEN_ID))
     before = max_abs_diff(hf_one_image_logits[:, :first_image], got[:, :first_image])
     after = max_abs_diff(hf_one_image_logits[:, first_image:], got[:, first_image:])
-    print(f"deepstack=false bundle vs HF: max|logit diff| {before:.2e} before the image, {after:.2f} from it on")
+    print(f"apply_deepstack=False bundle vs HF: max|logit diff| {before:.2e} before the image, {after:.2f} from it on")
     assert before <= LOGITS_TOL  # the decoder is otherwise the same graph
     assert after > 0.5  # measured ~5; the fp32 bundle's 1e-4 bound is 4 orders of magnitude tighter
 
@@ -381,21 +380,14 @@ def test_og_model_mm_example_flow_matches_hf(fp32_bundle, hf, cases) -> None:
     assert "".join(pieces) == hf.tokenizer.decode(ref.tokens)
 
 
-def _load_chat_example():
-    spec = importlib.util.spec_from_file_location("chat_example", EXAMPLES / "chat.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_chat_example_main_smoke(fp32_bundle, hf, cases, capsys) -> None:
+def test_chat_example_main_smoke(fp32_bundle, hf, cases) -> None:
     """examples/chat.py end to end (its exact-grid pre-resize on: 300x200 becomes 320x224) vs HF on the original."""
     case = cases["one_image"]
     new_tokens = 6
-    code = _load_chat_example().main(["-m", str(fp32_bundle), "--image", case.paths[0], "--prompt", USER_TEXT,
-                                      "--max-new-tokens", str(new_tokens)])
-    printed = capsys.readouterr().out
-    assert code == 0
+    proc = subprocess.run([sys.executable, str(EXAMPLES / "chat.py"), "-m", str(fp32_bundle), "--image", case.paths[0],
+                           "--prompt", USER_TEXT, "--max-new-tokens", str(new_tokens)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    printed = proc.stdout
     ref = hf_generate(hf.model, case.hf_inputs, new_tokens)
     print(f"chat.py printed {printed!r}")
     assert printed == hf.tokenizer.decode(ref.tokens) + "\n"

@@ -43,11 +43,8 @@ def test_smart_resize_matches_hf() -> None:
     """Our dependency-free smart_resize picks HF's size for every size in a sweep (HF's PIL processor)."""
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as hf_smart_resize
 
-    checked = 0
     for h in range(16, 1500, 13):
         for w in range(16, 1500, 17):
             expected = tuple(hf_smart_resize(h, w, factor=32, min_pixels=65536, max_pixels=16777216))
             assert smart_resize(h, w) == expected, (h, w)
-            checked += 1
-    assert checked > 5000
     assert hf_grid(720, 1280) == (1, 44, 80)  # the size where og's own rounding gives [1, 46, 80]

@@ -10,9 +10,15 @@ import pytest
 from builder_qwen3vl.checkpoint import read_checkpoint
 from builder_qwen3vl.config import Qwen3VLConfig
 from builder_qwen3vl.errors import InputError
-from builder_qwen3vl.genai_config import make_genai_config, make_processor_config, resolve_max_length, write_json
-from builder_qwen3vl.options import DEFAULT_INTRA_OP_NUM_THREADS, DEFAULT_MAX_LENGTH, parse_extra_options
+from builder_qwen3vl.genai_config import make_genai_config, make_processor_config, write_json
+from builder_qwen3vl.options import DEFAULT_INTRA_OP_NUM_THREADS, BuildOptions, parse_extra_options
+from builder_qwen3vl.plan import DEFAULT_MAX_LENGTH, make_plan, resolve_max_length
 from builder_qwen3vl.testing.checkpoints import reference_config, reference_json
+
+
+def _genai(cfg: Qwen3VLConfig, ep: str = "cpu", og: dict | None = None, **extra: str) -> dict:
+    options = BuildOptions(input=Path("in"), output=Path("out"), execution_provider=ep, extra_options=extra)
+    return make_genai_config(cfg, make_plan(cfg, options), og)
 
 
 def _none_paths(node, path=""):
@@ -36,7 +42,7 @@ def cfg_2b() -> Qwen3VLConfig:
 
 
 def test_genai_config_fields_for_2b(cfg_2b: Qwen3VLConfig) -> None:
-    doc = make_genai_config(cfg_2b, "cpu")
+    doc = _genai(cfg_2b)
     assert not list(_none_paths(doc)), "template placeholders left unfilled"
     model = doc["model"]
     assert model["type"] == "qwen3_vl"
@@ -58,7 +64,7 @@ def test_genai_config_fields_for_2b(cfg_2b: Qwen3VLConfig) -> None:
 
 @pytest.mark.parametrize("ep,expected", [("cpu", []), ("cuda", [{"cuda": {}}]), ("dml", [{"dml": {}}]), ("webgpu", [{"webgpu": {}}])])
 def test_provider_options_on_every_session(cfg_2b: Qwen3VLConfig, ep: str, expected: list) -> None:
-    model = make_genai_config(cfg_2b, ep)["model"]
+    model = _genai(cfg_2b, ep)["model"]
     for section in ("decoder", "embedding", "vision"):
         assert model[section]["session_options"]["provider_options"] == expected
 
@@ -66,7 +72,7 @@ def test_provider_options_on_every_session(cfg_2b: Qwen3VLConfig, ep: str, expec
 def test_og_decoder_section_wins(cfg_2b: Qwen3VLConfig) -> None:
     og = {"model": {"decoder": {"inputs": {"inputs_embeds": "x"}, "session_options": {"log_id": "og"}}},
           "search": {"past_present_share_buffer": False}}
-    doc = make_genai_config(cfg_2b, "cpu", og)
+    doc = _genai(cfg_2b, "cpu", og)
     assert doc["model"]["decoder"]["inputs"] == {"inputs_embeds": "x"}
     assert doc["model"]["decoder"]["session_options"]["log_id"] == "og"
     assert doc["search"]["past_present_share_buffer"] is False
@@ -89,7 +95,7 @@ def test_og_parser_accepts_written_config(small_ckpt: Path, tmp_path: Path) -> N
     import onnxruntime_genai as og
 
     ckpt = read_checkpoint(small_ckpt)
-    write_json(tmp_path / "genai_config.json", make_genai_config(ckpt.config, "cpu"))
+    write_json(tmp_path / "genai_config.json", _genai(ckpt.config))
     write_json(tmp_path / "processor_config.json", make_processor_config(ckpt.config))
     og.Config(str(tmp_path))  # raises on any unknown or mistyped field
     assert json.loads((tmp_path / "genai_config.json").read_text())["model"]["decoder"]["hidden_size"] == 256
@@ -99,7 +105,7 @@ def test_og_parser_would_catch_a_bad_field(small_ckpt: Path, tmp_path: Path) -> 
     """The check above can fail: og rejects a field it does not know."""
     import onnxruntime_genai as og
 
-    doc = make_genai_config(read_checkpoint(small_ckpt).config, "cpu")
+    doc = _genai(read_checkpoint(small_ckpt).config)
     doc["model"]["vision"]["deepstack_width"] = 3
     write_json(tmp_path / "genai_config.json", doc)
     with pytest.raises(Exception, match="Unknown value"):
@@ -109,11 +115,11 @@ def test_og_parser_would_catch_a_bad_field(small_ckpt: Path, tmp_path: Path) -> 
 def test_run_time_defaults_on_every_session(cfg_2b: Qwen3VLConfig) -> None:
     """og 0.18 gives a session hardware_concurrency()/2 threads unless told (1 on a 2-core VM); 0 is passed
     on to onnxruntime (every physical core). max_length sizes og's KV buffer: 8,192, not 262,144."""
-    doc = make_genai_config(cfg_2b, "cpu")
+    doc = _genai(cfg_2b)
     for section in ("decoder", "embedding", "vision"):
         assert doc["model"][section]["session_options"]["intra_op_num_threads"] == DEFAULT_INTRA_OP_NUM_THREADS == 0
     assert doc["search"]["max_length"] == DEFAULT_MAX_LENGTH == 8192
-    pinned = make_genai_config(cfg_2b, "cpu", intra_op_num_threads=3, max_length=4096)
+    pinned = _genai(cfg_2b, intra_op_num_threads="3", max_length="4096")
     assert {pinned["model"][s]["session_options"]["intra_op_num_threads"] for s in ("decoder", "embedding", "vision")} == {3}
     assert pinned["search"]["max_length"] == 4096
 

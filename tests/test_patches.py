@@ -7,7 +7,7 @@ import torch
 from transformers import Qwen3VLTextConfig
 from transformers.models.qwen3_vl import modeling_qwen3_vl
 
-from builder_qwen3vl.patches import fixed_3d_text_rotary, mrope_axis_index
+from hf_patches import fixed_3d_text_rotary, mrope_axis_index
 
 RotaryCls = modeling_qwen3_vl.Qwen3VLTextRotaryEmbedding
 

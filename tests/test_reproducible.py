@@ -4,7 +4,7 @@ Each precision is built twice, and the second build reads a copy of the checkpoi
 path and writes to an output folder with another name, so neither the input path nor the
 staging folder's random name may leak into any file. On a difference the assertion names the
 file, the first differing byte and the ONNX field or initializer it falls in
-(``verify.bundle_differences``).
+(``tests/bundle_diff.py``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from builder_qwen3vl import BuildOptions, build
-from builder_qwen3vl.verify import bundle_differences
+from bundle_diff import bundle_differences
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,9 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from builder_qwen3vl.embeddings import export_embeddings, find_shared_int4_table
-from test_embeddings import _rtn_error_bound
+from builder_qwen3vl.embeddings import export_embeddings
+from builder_qwen3vl.shared_table import find_shared_int4_table
+from quant_bounds import rtn_error_bound
 
 VOCAB, HIDDEN, IMAGE_TOKEN_ID, DEEPSTACK = 600, 64, 599, 2
 
@@ -78,7 +79,7 @@ def test_embeddings_read_the_lm_head_in_place(tmp_path: Path) -> None:
     assert not out[0, :, HIDDEN:].any()
     # ... and stay within round-to-nearest of the float table (bound per element, symmetric scheme).
     ref = table.numpy()[ids[0]]
-    assert (np.abs(out[0, :, :HIDDEN] - ref) <= _rtn_error_bound(ref, symmetric=True) + 1e-6).all()
+    assert (np.abs(out[0, :, :HIDDEN] - ref) <= rtn_error_bound(ref, symmetric=True) + 1e-6).all()
     # measured 0.0865 (max|err| 0.365) for N(0, 1) rows at block 32; an untied or mis-read table gives ~1.4
     assert export.int4_rel_rms_error is not None and export.int4_rel_rms_error < 0.12
 
@@ -150,7 +151,8 @@ def test_a_tied_int4_bundle_stores_the_table_once_and_generates_through_og(tmp_p
     """og's own generator on the shared-table bundle, prefill logits vs HF fp32 on the same text prompt."""
     import onnxruntime_genai as og
 
-    from e2e_helpers import cosine_and_top1, load_hf_model, og_generate, og_process
+    from compare import cosine_and_top1, load_hf_model
+    from e2e_helpers import og_generate, og_process
 
     ckpt, bundle = _int4_bundle(tmp_path, tied=True, prune_lm_head="false")  # logits for every prompt row
     assert not (bundle / "embeddings.onnx.data").exists()

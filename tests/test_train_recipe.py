@@ -64,7 +64,7 @@ def test_vision_head_trains_and_is_not_saved(tmp_path: Path) -> None:
     record = train(tmp_path, cfg)
     assert all(math.isfinite(loss) for loss in record["answer_losses_every_20"])
     head = record["final_vision_head_avg20"]  # present only when the head took part
-    assert math.isfinite(head["loss"]) and 0.0 <= head["shape_kind_accuracy"] <= 1.0
+    assert math.isfinite(head["loss"])
     assert "n/a" not in record["final_answer_accuracy_last100"].split()[1]  # the overall figure was measured
     assert names() == before
     assert json.loads((tmp_path / "config.json").read_text())["architectures"] == ["Qwen3VLForConditionalGeneration"]

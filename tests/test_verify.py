@@ -7,7 +7,6 @@ each must fail with its own reason.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -20,7 +19,6 @@ from builder_qwen3vl.cli import main
 from builder_qwen3vl.options import BuildOptions
 from builder_qwen3vl.verify import verify_bundle
 
-REPO = Path(__file__).resolve().parents[1]
 WIDTH, H = 256, 64
 
 
@@ -73,14 +71,13 @@ def test_build_with_verify_flag_int4(ckpt: Path, tmp_path: Path, capsys) -> None
 
 
 def _og_runs(bundle: Path) -> str | None:
-    """Independent probe through examples/chat.py's generate(): None if og generates, else og's error."""
-    import onnxruntime_genai as og
+    """Independent of verify: og.Model + og.Generator on a text prompt. None if og generates, else og's error."""
+    import numpy as np
 
-    spec = importlib.util.spec_from_file_location("chat_example", REPO / "examples" / "chat.py")
-    chat = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(chat)
+    from builder_qwen3vl.og_run import greedy, load_model
+
     try:
-        list(chat.generate(og.Model(str(bundle)), [], "Say hello.", max_new_tokens=2))
+        list(greedy(load_model(bundle), np.array([[9707, 11, 1879]], dtype=np.int32), max_new_tokens=2))
     except Exception as e:  # og raises RuntimeError from onnxruntime
         return str(e)
     return None
@@ -136,8 +133,6 @@ BROKEN = [
     ("deleted_tokenizer", lambda b, f: (b / "tokenizer_config.json").unlink(), "tokenizer_config.json: missing (og's tokenizer needs it)"),
     ("hidden_size_wrong", lambda b, f: _edit_genai(b, lambda m: m["decoder"].update(hidden_size=320)),
      f"vision_encoder.onnx output 'image_features': dim 1 is {WIDTH}, expected 320"),
-    ("hidden_size_not_multiple", lambda b, f: _edit_genai(b, lambda m: m["decoder"].update(hidden_size=250)),
-     "expected 250"),
     ("model_type_wrong", lambda b, f: _edit_genai(b, lambda m: m.update(type="qwen3vl")),
      "genai_config.json: model.type is 'qwen3vl', expected 'qwen3_vl'"),
     ("pad_token_zero", lambda b, f: _edit_genai(b, lambda m: m.update(pad_token_id=0)), "model.pad_token_id is 0"),

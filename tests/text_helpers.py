@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from builder_qwen3vl.patches import fixed_3d_text_rotary
+from hf_patches import fixed_3d_text_rotary
 from builder_qwen3vl.testing.checkpoints import tiny_config, write_checkpoint
 
-IMAGE_TOKEN_ID = 151655
 NUM_LAYERS = 4  # > D = 3, so every DeepStack block lands inside the stack
 
 
@@ -23,12 +22,6 @@ def text_test_config() -> dict:
 def write_text_checkpoint(folder: Path, config_format: str = "4.57") -> Path:
     # The og builder loads the tokenizer from the checkpoint folder, so it needs real tokenizer files.
     return write_checkpoint(folder, text_test_config(), config_format=config_format, tokenizer=True)
-
-
-def load_hf(folder: Path) -> torch.nn.Module:
-    from transformers import Qwen3VLForConditionalGeneration
-
-    return Qwen3VLForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
 
 
 @dataclass
@@ -139,15 +132,3 @@ def ort_logits(
         out.append(results["logits"].astype(np.float32))
         past = {name.replace("present.", "past_key_values."): value for name, value in results.items() if name.startswith("present.")}
     return out
-
-
-def max_abs_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
-    return max(float(np.abs(x - y).max()) for x, y in zip(a, b, strict=True))
-
-
-def cosine_and_top1(ref: list[np.ndarray], got: list[np.ndarray]) -> tuple[float, float]:
-    """Mean cosine similarity of logit rows and the fraction of rows with the same argmax."""
-    r = np.concatenate([x.reshape(-1, x.shape[-1]) for x in ref]).astype(np.float64)
-    g = np.concatenate([x.reshape(-1, x.shape[-1]) for x in got]).astype(np.float64)
-    cos = (r * g).sum(-1) / (np.linalg.norm(r, axis=-1) * np.linalg.norm(g, axis=-1))
-    return float(cos.mean()), float((r.argmax(-1) == g.argmax(-1)).mean())

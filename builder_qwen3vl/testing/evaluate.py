@@ -26,7 +26,7 @@ from typing import Any
 
 from . import shapes_task
 from .shipped_model import shipped_checkpoint
-from ..tokens import EOS_IDS, IMAGE_TAG
+from ..tokens import EOS_IDS
 from .training import Encoder, collate
 
 log = logging.getLogger(__name__)
@@ -102,35 +102,28 @@ class OgRunner:
     def __init__(self, bundle: Path) -> None:
         import onnxruntime_genai as og
 
+        from ..og_run import load_model, resize_settings
+
         self.og = og
-        self.model = og.Model(str(bundle))
+        self.model = load_model(bundle)
         self.tokenizer = og.Tokenizer(self.model)
         self.processor = self.model.create_multimodal_processor()
-        resize = next(t["operation"]["attrs"] for t in
-                      json.loads((bundle / "processor_config.json").read_text())["processor"]["transforms"]
-                      if t["operation"]["type"] == "Resize")
-        self.resize = {k: int(resize[k]) for k in ("patch_size", "merge_size", "min_pixels", "max_pixels")}
+        self.resize = resize_settings(bundle)
 
     def prompt(self, question: str) -> str:
-        messages = [{"role": "user", "content": IMAGE_TAG + question}]
-        return self.tokenizer.apply_chat_template(messages=json.dumps(messages), add_generation_prompt=True)
+        from ..og_run import chat_prompt
+
+        return chat_prompt(self.tokenizer, question, num_images=1)
 
     def answer(self, sample: shapes_task.Sample) -> tuple[str, list[int]]:
-        from builder_qwen3vl.resize import resize_for_og
+        from ..og_run import greedy
+        from ..resize import resize_for_og
 
-        og = self.og
         png = io.BytesIO()
         resize_for_og(sample.image, **self.resize).save(png, format="PNG")
-        inputs = self.processor(self.prompt(sample.question), images=og.Images.open_bytes(png.getvalue()))
+        inputs = self.processor(self.prompt(sample.question), images=self.og.Images.open_bytes(png.getvalue()))
         prompt_ids = inputs["input_ids"].as_numpy()[0].tolist()
-        params = og.GeneratorParams(self.model)
-        params.set_search_options(do_sample=False, max_length=len(prompt_ids) + MAX_NEW_TOKENS)
-        generator = og.Generator(self.model, params)
-        generator.set_inputs(inputs)
-        new: list[int] = []
-        while not generator.is_done():
-            generator.generate_next_token()
-            new.append(int(generator.get_next_tokens()[0]))
+        new = [token for token, _ in greedy(self.model, inputs, MAX_NEW_TOKENS)]
         text = self.tokenizer.decode([t for t in new if t not in EOS_IDS])
         return text, prompt_ids
 

@@ -52,6 +52,7 @@ def export_vision_encoder(
     block_size: int = 32,
     accuracy_level: int | None = None,
     example_grid: tuple[int, int, int] = (1, 4, 6),
+    width: int | None = None,
 ) -> Path:
     """Write ``visual`` (an HF ``Qwen3VLVisionModel``) as one ONNX file at ``path``; return the path.
 
@@ -62,6 +63,7 @@ def export_vision_encoder(
     compute-precision attribute, None = fp32 compute). "qint8"/"quint8": onnxruntime's
     ``quantize_dynamic`` of the MatMuls (per-channel s8 / u8 weights, activations quantized per call).
     example_grid: the grid traced at export; nothing about it is baked into the graph.
+    width: the W = (1 + D) * H the bundle's other models expect of image_features; checked if given.
     """
     weights = weights or dtype
     if dtype not in _TORCH_DTYPES:
@@ -77,6 +79,7 @@ def export_vision_encoder(
 
     model = _trace_to_onnx(visual, _TORCH_DTYPES[dtype], example_grid)
     _name_dims(model)
+    _check_width(model, width)
     _gemm_to_matmul(model)
     if weights == "fp16" and dtype == "fp32":
         _store_matmul_weights_fp16(model)
@@ -125,6 +128,15 @@ def _name_dims(model: onnx.ModelProto) -> None:
     for value in model.graph.output:
         for axis, name in VISION.dynamic_axes().get(value.name, {}).items():
             value.type.tensor_type.shape.dim[axis].dim_param = name
+
+
+def _check_width(model: onnx.ModelProto, width: int | None) -> None:
+    if width is None:
+        return
+    dims = model.graph.output[0].type.tensor_type.shape.dim
+    got = dims[-1].dim_value if dims else None
+    if got != width:
+        raise RuntimeError(f"vision export: {model.graph.output[0].name} is {got} wide, the build plan says W = {width}")
 
 
 def _initializers(model: onnx.ModelProto) -> dict[str, TensorProto]:

@@ -1,0 +1,134 @@
+"""og's model builder as a library: its module, its extra-option keys and spellings, its output.
+
+og's builder is a CLI first (``onnxruntime_genai.models.builder``); this file holds everything that
+reads its source, translates option spellings or captures its prints, so the rest of the package
+calls it like a library. Nothing here knows about DeepStack.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import inspect
+import io
+import logging
+import re
+import textwrap
+from collections.abc import Iterator
+from functools import lru_cache
+from types import ModuleType
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+OG_MODEL_TYPE = "qwen3_vl"  # what onnxruntime-genai 0.18 accepts; og's builder writes "qwen3vl"
+QWEN3_VL_ARCHITECTURE = "Qwen3VLForConditionalGeneration"
+# og's help text calls these "deprecated aliases that still work", but og 0.18 reads only the
+# unprefixed names: an int4_* key would be silently ignored, so we translate it.
+OG_INT4_ALIASES = ("accuracy_level", "algo_config", "block_size", "is_symmetric", "nodes_to_exclude", "op_types_to_quantize")
+
+
+def og_builder() -> ModuleType:
+    """og's builder module, imported the way og's own CLI imports it.
+
+    ``onnxruntime_genai.models`` puts its folder on sys.path and builder.py imports its siblings
+    as top-level ``builders``/``builder_config``; subclass the classes from *that* import.
+    """
+    import onnxruntime_genai.models.builder as builder
+
+    return builder
+
+
+@lru_cache(maxsize=1)
+def og_extra_option_keys() -> tuple[str, ...]:
+    """Extra option keys the installed og builder documents, plus the int4_* aliases we translate.
+
+    Read from the ``--extra_options`` help text in og's builder.py (og has no list in code):
+    each option is a line ``<key> = <description>`` at the outermost indentation of that text.
+    """
+    tree = ast.parse(inspect.getsource(og_builder()))
+    help_text = None
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "attr", None) == "add_argument"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and node.args[0].value == "--extra_options"
+        ):
+            for kw in node.keywords:
+                if kw.arg == "help":
+                    help_text = _string_in(kw.value)
+    if not help_text:
+        raise RuntimeError("og builder: could not find the --extra_options help text in onnxruntime_genai/models/builder.py")
+    lines = textwrap.dedent(help_text).splitlines()
+    entries = [(len(line) - len(line.lstrip()), m.group(1)) for line in lines if (m := re.match(r"^\s*([a-z][a-z0-9_]*) = ", line))]
+    if not entries:
+        raise RuntimeError("og builder: no 'key = description' lines in the --extra_options help text")
+    key_indent = min(indent for indent, _ in entries)
+    keys = {key for indent, key in entries if indent == key_indent}
+    keys |= {f"int4_{key}" for key in OG_INT4_ALIASES if key in keys}
+    return tuple(sorted(keys))
+
+
+def _string_in(node: ast.AST) -> str | None:
+    """The string literal in ``"..."`` or ``textwrap.dedent("...")``."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.Call) and node.args:
+        return _string_in(node.args[0])
+    return None
+
+
+def translate_int4_aliases(extra_options: dict[str, Any]) -> dict[str, Any]:
+    """Map ``int4_<key>`` to og 0.18's ``<key>``; a clash between both spellings is an error."""
+    out = dict(extra_options)
+    for key in OG_INT4_ALIASES:
+        alias = f"int4_{key}"
+        if alias not in out:
+            continue
+        if key in out and str(out[key]) != str(out[alias]):
+            raise ValueError(f"extra option {alias}={out[alias]} conflicts with {key}={out[key]}; give one of them")
+        out[key] = out.pop(alias)
+        log.debug("extra option %s passed to the og builder as %s", alias, key)
+    return out
+
+
+@contextlib.contextmanager
+def og_output_to_debug_log() -> Iterator[None]:
+    """og prints progress (and tqdm bars on stderr); keep it out of our output unless debugging."""
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            yield
+    finally:
+        for stream, text in (("stdout", out.getvalue()), ("stderr", err.getvalue())):
+            for line in text.replace("\r", "\n").splitlines():
+                if line.strip():
+                    log.debug("og builder %s: %s", stream, line)
+
+
+def given_options_text(extra_options: dict[str, Any]) -> str:
+    """The options as the user gave them: our defaults for og's keys (options.OG_OPTION_DEFAULTS) left out."""
+    from .options import OG_OPTION_DEFAULTS
+
+    given = {k: v for k, v in extra_options.items() if OG_OPTION_DEFAULTS.get(k) != v}
+    return " ".join(og_option_strings(given)) or "none"
+
+
+def og_option_strings(extra_options: dict[str, Any]) -> list[str]:
+    def text(value: Any) -> str:
+        return str(value).lower() if isinstance(value, bool) else str(value)
+
+    return [f"{key}={text(value)}" for key, value in extra_options.items()]
+
+
+IO_DTYPE_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def og_io_dtype(precision: str, execution_provider: str, extra_options: dict[str, Any]) -> str:
+    """The dtype og's builder gives inputs_embeds, logits and the KV cache ("float32" / "float16" /
+    "bfloat16"), from og's own rule (e.g. int4 on CPU keeps float32 io, int4 on CUDA float16)."""
+    from onnxruntime_genai.models.quantization.quant_config import default_io_dtype
+
+    return IO_DTYPE_NAMES[default_io_dtype(precision, execution_provider, extra_options)]

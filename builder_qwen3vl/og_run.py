@@ -1,0 +1,66 @@
+"""Running a bundle the way a user does: og.Model with the bundle's genai_config, og's multimodal
+processor, og.Generator (greedy). examples/chat.py, ``verify``, the evaluation, the tests and the
+benchmarks all generate through here, so they measure and check the same path.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import io_spec
+from .tokens import IMAGE_TAG
+
+
+def load_model(bundle: str | Path, threads: int | None = None) -> Any:
+    """og.Model for ``bundle``; ``threads`` overrides the intra-op thread count the bundle's
+    genai_config gives its three sessions (0 there: onnxruntime's default, every physical core)."""
+    import onnxruntime_genai as og
+
+    config = og.Config(str(bundle))
+    if threads is not None:
+        session = {"session_options": {"intra_op_num_threads": threads}}
+        config.overlay(json.dumps({"model": {"decoder": session, "embedding": session, "vision": session}}))
+    return og.Model(config)
+
+
+def chat_prompt(tokenizer: Any, question: str, num_images: int = 0, system_prompt: str | None = None) -> str:
+    """The bundle's chat template (og.Tokenizer) on one user turn: the image tags first, then the question."""
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    messages.append({"role": "user", "content": IMAGE_TAG * num_images + question})
+    return tokenizer.apply_chat_template(messages=json.dumps(messages), add_generation_prompt=True)
+
+
+def resize_settings(bundle: str | Path) -> dict[str, int]:
+    """The Resize step of the bundle's processor_config.json, as keyword arguments of ``resize.resize_for_og``."""
+    doc = json.loads((Path(bundle) / io_spec.PROCESSOR_CONFIG_FILENAME).read_text())
+    attrs = next(t["operation"]["attrs"] for t in doc["processor"]["transforms"] if t["operation"]["type"] == "Resize")
+    return {k: int(attrs[k]) for k in ("patch_size", "merge_size", "min_pixels", "max_pixels")}
+
+
+def greedy(model: Any, inputs: Any, max_new_tokens: int, *, keep_logits: bool = False) -> Iterator[tuple[int, np.ndarray | None]]:
+    """Yield (token, logits) per generated token, greedy, batch 1, until EOS or ``max_new_tokens``.
+
+    ``inputs``: og's processor output (og.NamedTensors) or a [1, S] array of prompt token ids.
+    max_length is the prompt + ``max_new_tokens``: og sizes its KV buffer by it. ``logits`` (with
+    ``keep_logits``) is og's "logits" output after the step: [1, S, V] for the prompt step ([1, 1, V]
+    with the bundle's pruned lm_head), [1, 1, V] for the others.
+    """
+    import onnxruntime_genai as og
+
+    ids = inputs if isinstance(inputs, np.ndarray) else inputs["input_ids"].as_numpy()
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, max_length=int(ids.shape[-1]) + max_new_tokens)
+    generator = og.Generator(model, params)
+    if isinstance(inputs, np.ndarray):
+        generator.append_tokens(inputs)
+    else:
+        generator.set_inputs(inputs)
+    while not generator.is_done():
+        generator.generate_next_token()
+        logits = np.array(generator.get_output("logits"), dtype=np.float32) if keep_logits else None
+        yield int(generator.get_next_tokens()[0]), logits

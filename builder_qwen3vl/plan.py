@@ -1,0 +1,102 @@
+"""BuildPlan: every choice of one build, resolved once from the checkpoint and the options.
+
+The three exporters and the config writer read the plan instead of deciding for themselves, and each
+output is checked against it (``check_decoder``; embeddings and vision take their widths and dtypes
+from it). Names as in docs/architecture.md: D DeepStack blocks, H text hidden size, W = (1 + D) * H the
+width of ``image_features`` and ``inputs_embeds``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .errors import InputError
+from .options import DEFAULT_INTRA_OP_NUM_THREADS, BuildOptions
+
+if TYPE_CHECKING:
+    from .config import Qwen3VLConfig
+    from .decoder import DecoderBuild
+
+# Vision weights for -p int4 on CPU: onnxruntime's dynamic int8 quantization (s8 per-channel weights,
+# int8 x int8 kernels), measured at the 2B shape on 2 cores (docs/benchmarks.md): 1.76x / 1.60x HF fp32's
+# patches/s at 448x448 / 1000x667, cosine 0.99952 vs HF fp32; int8 MatMulNBits ran at 0.83x / 0.97x.
+# Dynamic quantization needs an fp32 graph and onnxruntime's CPU kernels, so a float16 bundle (og's io
+# dtype for int4 on CUDA, DML, WebGPU) keeps int8 MatMulNBits.
+DEFAULT_VISION_WEIGHTS = {"fp32": "fp32", "fp16": "fp16", "int4": "qint8"}
+DEFAULT_VISION_WEIGHTS_FP16_GRAPH = {"fp32": "fp16", "fp16": "fp16", "int4": "int8"}
+# og sizes the shared KV buffer by search.max_length at every generator: context_length (262,144) would be
+# 60 GB of float32 KV for 2B. 8,192 positions: 1.75 GiB for 2B, 2.25 GiB for 4B and 8B (229,376 and 294,912
+# bytes per position). A request that needs more sets its own max_length.
+DEFAULT_MAX_LENGTH = 8192
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    D: int  # DeepStack blocks (len(vision_config.deepstack_visual_indexes))
+    H: int  # text hidden size
+    num_layers: int  # text decoder layers
+    precision: str  # decoder weights, og's -p: "fp32" | "fp16" | "int4"
+    execution_provider: str
+    io_dtype: str  # "float32" | "float16": inputs_embeds, image_features, logits, KV cache (og's rule)
+    embeddings_precision: str  # "fp32" | "fp16" | "int4"
+    vision_dtype: str  # "fp32" | "fp16": compute and io dtype of vision_encoder.onnx
+    vision_weights: str  # "fp32" | "fp16" | "int8" | "int4" | "qint8" | "quint8"
+    lm_head_is_table: bool  # the decoder's int4 lm_head can serve as embeddings.onnx's table (weights.lm_head_is_table)
+    og_extra_options: tuple[tuple[str, str], ...]  # what the og builder receives (our defaults for its keys included)
+    apply_deepstack: bool  # False only for the parity tests' negative control
+    intra_op_num_threads: int  # written into the three session_options (0: every physical core)
+    max_length: int  # search.max_length
+
+    @property
+    def W(self) -> int:
+        return (1 + self.D) * self.H
+
+    def check_decoder(self, build: DecoderBuild) -> None:
+        """The og builder's graph must match the plan the other exporters follow."""
+        got = (build.deepstack_layers, build.hidden_size, build.stream_width, build.io_dtype, build.num_layers)
+        want = (self.D, self.H, self.W, self.io_dtype, self.num_layers)
+        if got != want:
+            raise RuntimeError(f"og builder: decoder has (D, H, W, io dtype, layers) = {got}, the build plan says {want}")
+
+
+def resolve_max_length(asked: int | None, cfg: Qwen3VLConfig) -> int:
+    """search.max_length: ``asked`` (at most the context length), else DEFAULT_MAX_LENGTH capped by it."""
+    context = cfg.text.max_position_embeddings
+    if asked is None:
+        return min(DEFAULT_MAX_LENGTH, context)
+    if asked > context:
+        raise InputError(f"--extra_options max_length={asked}: more than the checkpoint's context length {context} "
+                         "(config.json max_position_embeddings)")
+    return asked
+
+
+def make_plan(cfg: Qwen3VLConfig, options: BuildOptions, *, lm_head_is_table: bool | None = None) -> BuildPlan:
+    """``lm_head_is_table``: from the weights (weights.lm_head_is_table); None: what the config says."""
+    from .og_builder import og_io_dtype, translate_int4_aliases
+
+    # BuildOptions already refused bfloat16 io and dynamic vision weights in a float16 bundle.
+    io_dtype = og_io_dtype(options.precision, options.execution_provider, translate_int4_aliases(options.og_extra_options))
+    vision_dtype = "fp16" if io_dtype == "float16" else "fp32"
+    defaults = DEFAULT_VISION_WEIGHTS if vision_dtype == "fp32" else DEFAULT_VISION_WEIGHTS_FP16_GRAPH
+    vision_weights = options.own_option("vision_precision", defaults[options.precision])
+    if vision_dtype == "fp16" and vision_weights == "fp32":
+        vision_weights = "fp16"  # an fp16 graph cannot hold fp32 weights
+    asked_threads = options.extra_options.get("intra_op_num_threads")
+    asked_length = options.extra_options.get("max_length")
+    return BuildPlan(
+        D=cfg.num_deepstack,
+        H=cfg.text.hidden_size,
+        num_layers=cfg.text.num_hidden_layers,
+        precision=options.precision,
+        execution_provider=options.execution_provider,
+        io_dtype=io_dtype,
+        embeddings_precision=options.own_option("embeddings_precision", options.precision),
+        vision_dtype=vision_dtype,
+        vision_weights=vision_weights,
+        lm_head_is_table=cfg.text.tie_word_embeddings if lm_head_is_table is None else lm_head_is_table,
+        og_extra_options=tuple(options.og_extra_options.items()),
+        apply_deepstack=options.apply_deepstack,
+        intra_op_num_threads=DEFAULT_INTRA_OP_NUM_THREADS if asked_threads is None else int(asked_threads),
+        max_length=resolve_max_length(None if asked_length is None else int(asked_length), cfg),
+    )
