@@ -51,6 +51,77 @@ def quantized_matmul(k: int, n: int, block_size: int, accuracy_level: int, folde
     return path
 
 
+def dynamic_int8_matmul(k: int, n: int, folder: Path) -> Path:
+    """The same weight through onnxruntime's dynamic quantization (s8 per output channel): the kernel a
+    separate int8 prompt model would run (og's decoder pipeline, run_on_prompt), for comparison only."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    rng = np.random.default_rng(k * 7 + n)
+    weight = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "mm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", n])],
+        [numpy_helper.from_array(weight, "w")])
+    src, out = folder / f"f_{k}x{n}.onnx", folder / f"q8_{k}x{n}.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    quantize_dynamic(src, out, per_channel=True, weight_type=QuantType.QInt8)
+    src.unlink()
+    return out
+
+
+def dynamic_int8_row(threads: int, repeats: int) -> dict:
+    per_m = {m: 0.0 for m in ROWS}
+    with tempfile.TemporaryDirectory() as tmp:
+        for k, n in LAYER_SHAPES.values():
+            path = dynamic_int8_matmul(k, n, Path(tmp))
+            for m in ROWS:
+                per_m[m] += LAYERS * time_call(path, m, threads, repeats)
+        head = dynamic_int8_matmul(HIDDEN, VOCAB, Path(tmp))
+        lm_head_s = time_call(head, 1, threads, repeats)
+    return {"accuracy_level": "dynamic int8", "block_size": "per channel", "lm_head_m1_s": lm_head_s,
+            "decode_step_s": per_m[1] + lm_head_s, **{f"prefill_{m}_s": per_m[m] + lm_head_s for m in ROWS if m > 1}}
+
+
+def gemm_peak(threads: int, repeats: int, size: int = 2048) -> dict:
+    """fp32 MatMul and int8 MatMulInteger at size^3 on this machine: the compute ceiling the kernels face."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, dtype, op in (("fp32_MatMul", TensorProto.FLOAT, "MatMul"), ("int8_MatMulInteger", TensorProto.UINT8, "MatMulInteger")):
+            wtype = TensorProto.FLOAT if dtype == TensorProto.FLOAT else TensorProto.INT8
+            graph = helper.make_graph([helper.make_node(op, ["a", "b"], ["y"])], "g",
+                                      [helper.make_tensor_value_info("a", dtype, [size, size]),
+                                       helper.make_tensor_value_info("b", wtype, [size, size])],
+                                      [helper.make_tensor_value_info("y", TensorProto.FLOAT if op == "MatMul" else TensorProto.INT32, [size, size])])
+            path = Path(tmp) / f"{name}.onnx"
+            onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+            import onnxruntime as ort
+
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = threads
+            sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            rng = np.random.default_rng(0)
+            if op == "MatMul":
+                feed = {"a": rng.standard_normal((size, size), dtype=np.float32), "b": rng.standard_normal((size, size), dtype=np.float32)}
+            else:
+                feed = {"a": rng.integers(0, 255, (size, size), dtype=np.uint8), "b": rng.integers(-127, 127, (size, size), dtype=np.int8)}
+            sess.run(None, feed)
+            best = min(_timed(lambda: sess.run(None, feed)) for _ in range(repeats))
+            out[name + "_GOPs"] = 2 * size**3 / best / 1e9
+    return out
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
 def time_call(path: Path, m: int, threads: int, repeats: int) -> float:
     import onnxruntime as ort
 
@@ -104,11 +175,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--blocks", default="32,64,128")
     p.add_argument("--bandwidth-gbs", type=float, default=None, help="measured read bandwidth for the bound")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--dynamic-int8", action="store_true", help="add a row for dynamic int8 (per-channel) weights")
+    p.add_argument("--gemm-peak", action="store_true", help="also print fp32 / int8 GEMM throughput at 2048^3")
     args = p.parse_args(argv)
-    rows = sweep(args.threads, args.repeats, tuple(int(v) for v in args.levels.split(",")),
+    rows = sweep(args.threads, args.repeats, tuple(int(v) for v in args.levels.split(",") if v),
                  tuple(int(v) for v in args.blocks.split(",")))
+    if args.dynamic_int8:
+        rows.append(dynamic_int8_row(args.threads, args.repeats))
+        print(json.dumps(rows[-1]), flush=True)
     for row in rows:
-        row["weight_bytes"] = weight_bytes(row["block_size"])
+        per_layer_int8 = sum(k * n + n * 4 for k, n in LAYER_SHAPES.values())
+        row["weight_bytes"] = (weight_bytes(row["block_size"]) if isinstance(row["block_size"], int)
+                               else LAYERS * per_layer_int8 + HIDDEN * VOCAB + VOCAB * 4)
         if args.bandwidth_gbs:
             row["bandwidth_bound_s"] = row["weight_bytes"] / (args.bandwidth_gbs * 1e9)
     print("| accuracy_level | block_size | decode step (matmuls) | tok/s | prefill 229 | prefill 700 | weights |")
@@ -116,8 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"| {r['accuracy_level']} | {r['block_size']} | {r['decode_step_s'] * 1e3:.1f} ms | {1 / r['decode_step_s']:.1f} | "
               f"{r['prefill_229_s']:.2f} s | {r['prefill_700_s']:.2f} s | {r['weight_bytes'] / 1e9:.3f} GB |")
+    peak = gemm_peak(args.threads, args.repeats) if args.gemm_peak else None
+    if peak:
+        print("GEMM 2048^3 on this machine: " + ", ".join(f"{k} {v:.0f}" for k, v in peak.items()))
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+        args.json.write_text(json.dumps({"rows": rows, "gemm_peak": peak}, indent=2))
     return 0
 
 

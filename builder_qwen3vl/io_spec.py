@@ -12,25 +12,28 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
-    dims: tuple[str | int, ...]  # symbolic names or fixed sizes; "wide" means W = (1 + D) * H
+    dims: tuple[str | int, ...]  # symbolic names or fixed sizes; "wide" W = (1 + D) * H, "hidden" H, "deepstack" D
 
 
 @dataclass(frozen=True)
 class ModelIO:
     filename: str
     inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]  # what og reads (named in genai_config.json)
+    extra_outputs: tuple[TensorSpec, ...] = ()  # graph outputs og does not request, for plain onnxruntime users
 
     def input_names(self) -> list[str]:
         return [t.name for t in self.inputs]
 
     def output_names(self) -> list[str]:
-        return [t.name for t in self.outputs]
+        """Every graph output, og's first."""
+        return [t.name for t in self.outputs + self.extra_outputs]
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        fixed = ("wide", "patch_dim", "hidden", "deepstack")
         return {
-            t.name: {i: d for i, d in enumerate(t.dims) if isinstance(d, str) and d != "wide" and d != "patch_dim"}
-            for t in self.inputs + self.outputs
+            t.name: {i: d for i, d in enumerate(t.dims) if isinstance(d, str) and d not in fixed}
+            for t in self.inputs + self.outputs + self.extra_outputs
         }
 
 
@@ -41,6 +44,12 @@ VISION = ModelIO(
         TensorSpec("image_grid_thw", ("num_images", 3)),
     ),
     outputs=(TensorSpec("image_features", ("num_tokens", "wide")),),
+    # The columns of image_features by name: "hidden" is H, "deepstack" is D (og PR #2513 names its
+    # per-block vision outputs deepstack_features_{i}; one stacked tensor keeps this list independent of D).
+    extra_outputs=(
+        TensorSpec("image_embeds", ("num_tokens", "hidden")),
+        TensorSpec("deepstack_features", ("deepstack", "num_tokens", "hidden")),
+    ),
 )
 
 EMBEDDING = ModelIO(

@@ -130,6 +130,22 @@ def test_fp32_matches_hf(exported: Exported, grid_rows: list[list[int]]) -> None
         assert diff <= FP32_ATOL, f"{name} block differs from HF by {diff}"
 
 
+@pytest.mark.parametrize("grid_rows", [[[1, 8, 12]], [[3, 8, 8]], [[1, 6, 10]] * 2], ids=["1x1-8-12", "1x3-8-8", "2x1-6-10"])
+def test_named_outputs_match_hf(exported: Exported, grid_rows: list[list[int]]) -> None:
+    """image_embeds [T, H] and deepstack_features [D, T, H]: HF's pooler_output and deepstack_features, by name,
+    and bit-equal to the columns of image_features (the same tensors before the Concat)."""
+    pixels, grid = _inputs(grid_rows, seed=3)
+    ref = _hf_features(exported.hf, pixels, grid)
+    wide, embeds, deepstack = exported.fp32.run(
+        ["image_features", "image_embeds", "deepstack_features"], {"pixel_values": pixels.numpy(), "image_grid_thw": grid.numpy()})
+    depth, width = len(exported.spec.deepstack_visual_indexes), exported.spec.out_hidden_size
+    assert embeds.shape == (pixels.shape[0] // 4, width) and deepstack.shape == (depth, pixels.shape[0] // 4, width)
+    diffs = [float(np.abs(embeds - ref[0]).max())] + [float(np.abs(deepstack[k] - ref[1 + k]).max()) for k in range(depth)]
+    print(f"{exported.spec.name} grid={grid_rows}: named outputs max|diff| vs HF {['%.2e' % d for d in diffs]}")
+    assert max(diffs) <= FP32_ATOL
+    np.testing.assert_array_equal(np.concatenate([embeds, *deepstack], axis=1), wide)
+
+
 @pytest.mark.parametrize("grid_rows", [[[1, 8, 12]], [[3, 8, 8]]], ids=["1x1-8-12", "1x3-8-8"])
 def test_fp16_matches_hf(exported: Exported, grid_rows: list[list[int]]) -> None:
     pixels, grid = _inputs(grid_rows, seed=7)
@@ -154,6 +170,9 @@ def test_graph_is_grid_independent(exported: Exported) -> None:
     assert dims["image_grid_thw"] == ["num_images", 3]
     width = (1 + len(exported.spec.deepstack_visual_indexes)) * exported.spec.out_hidden_size
     assert dims["image_features"] == ["num_tokens", width]
+    depth = len(exported.spec.deepstack_visual_indexes)
+    assert dims["image_embeds"] == ["num_tokens", exported.spec.out_hidden_size]
+    assert dims["deepstack_features"] == [depth, "num_tokens", exported.spec.out_hidden_size]
 
 
 BAD_GRIDS = [

@@ -65,10 +65,12 @@ def _axis_taps(index_N: torch.Tensor, size: torch.Tensor, side: int) -> tuple[to
 
 
 class Qwen3VLVisionExportModule(nn.Module):
-    """``(pixel_values [N, C*T*P*P], image_grid_thw [I, 3]) -> image_features [N/m^2, (1+D)*H_text]``.
+    """``(pixel_values [N, C*T*P*P], image_grid_thw [I, 3]) -> (image_features [T, W], image_embeds [T, H],
+    deepstack_features [D, T, H])`` with T = N/m^2 merged tokens, H = H_text, W = (1 + D) * H.
 
-    Columns of ``image_features``: the final ``merger`` output, then the D ``deepstack_merger_list``
-    outputs (taken after blocks ``deepstack_visual_indexes``), each H_text wide.
+    Columns of ``image_features`` (what og forwards): the final ``merger`` output, then the D
+    ``deepstack_merger_list`` outputs (taken after blocks ``deepstack_visual_indexes``), each H wide.
+    ``image_embeds`` and ``deepstack_features`` are the same tensors by name, for plain onnxruntime users.
     """
 
     def __init__(self, visual: nn.Module) -> None:
@@ -172,7 +174,12 @@ class Qwen3VLVisionExportModule(nn.Module):
             if layer_num in self.deepstack_visual_indexes:
                 merger = self.deepstack_merger_list[self.deepstack_visual_indexes.index(layer_num)]
                 deepstack.append(merger(x_ND))
-        return torch.cat([self.merger(x_ND), *deepstack], dim=1)
+        image_embeds_TH = self.merger(x_ND)
+        if deepstack:
+            deepstack_DTH = torch.stack(deepstack, dim=0)
+        else:  # no DeepStack blocks: an empty [0, T, H]
+            deepstack_DTH = image_embeds_TH.new_zeros((0, *image_embeds_TH.shape))
+        return torch.cat([image_embeds_TH, *deepstack], dim=1), image_embeds_TH, deepstack_DTH
 
     @staticmethod
     def _frames_as_int(num_patches: int, frames: torch.Tensor) -> int:
