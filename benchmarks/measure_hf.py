@@ -142,13 +142,17 @@ def decode_hf(settings: Settings, dtype: str) -> dict[str, Any]:
                                "skipped_contexts": [c for c in settings.contexts if c not in contexts]}
     steps = max(4, settings.decode_steps // (2 if dtype == "fp32" else 4))
     with torch.inference_mode():  # warm-up: a short generate
-        model.generate(input_ids=torch.from_numpy(text_prompt_ids(16, seed=9)), max_new_tokens=3, min_new_tokens=3, do_sample=False)
+        warm = torch.from_numpy(text_prompt_ids(16, seed=9))
+        model.generate(input_ids=warm, mm_token_type_ids=torch.zeros_like(warm, dtype=torch.int32), max_new_tokens=3,
+                       min_new_tokens=3, do_sample=False)
     for ctx in contexts:
         ids = torch.from_numpy(text_prompt_ids(ctx))
         stamp = Stamp()
         start = time.perf_counter()
         with torch.inference_mode():
-            model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=steps + 1,
+            # text only: mm_token_type_ids all 0 (transformers >= 5 warns and falls back to 1-D positions without it)
+            model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), mm_token_type_ids=torch.zeros_like(ids, dtype=torch.int32),
+                           max_new_tokens=steps + 1,
                            min_new_tokens=steps + 1, do_sample=False, logits_processor=LogitsProcessorList([stamp]))
         deltas = np.diff(stamp.times).tolist()
         med = statistics.median(deltas)

@@ -64,8 +64,9 @@ def matmulnbits_settings(path: Path) -> set[tuple[int, int]]:
 
 def table(rows: list[dict[str, Any]], hf: dict[str, Any]) -> str:
     hf448, hf1000 = (hf.get(k, {}).get("median_s") for k in ("448x448", "1000x667"))
-    head = ("| accuracy_level | block_size | TTFT 448x448 (229 tokens) | TTFT 1000x667 (693 tokens) "
-            "| prefill 256 | prefill 2048 | decode tok/s @256 | decode tok/s @2048 |")
+    tokens = {k: rows[0]["ttft"].get(k, {}).get("prompt_tokens", "?") for k in ("448x448", "1000x667")} if rows else {}
+    head = (f"| accuracy_level | block_size | TTFT 448x448 ({tokens.get('448x448')} tokens) | TTFT 1000x667 "
+            f"({tokens.get('1000x667')} tokens) | prefill 256 | prefill 2048 | decode tok/s @256 | decode tok/s @2048 |")
     lines = [head, "|" + "---|" * 8]
     if hf448 and hf1000:
         lines.append(f"| HF fp32 | | {hf448:.2f} s | {hf1000:.2f} s | | | | |")

@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         picture, question = args.image, args.question
     with stage("answering through onnxruntime-genai"), tempfile.TemporaryDirectory() as tmp:
         # Pre-resize the HF way so og's grid is the one the model was trained on.
-        images = exact_grid_copies([str(picture)], Path(tmp), bundle / "processor_config.json")
+        images = exact_grid_copies([str(picture)], Path(tmp), bundle)
         answer = "".join(generate(og.Model(str(bundle)), images, question, max_new_tokens=8)).strip()
 
     print(f"picture:  {picture}")

@@ -16,6 +16,7 @@ import onnx
 import pytest
 
 from builder_qwen3vl import decoder as dec
+from builder_qwen3vl import deepstack_decoder, og_builder
 from compare import cosine_and_top1, max_abs_diff
 from compare import load_hf_model as load_hf
 from text_helpers import NUM_LAYERS, hf_logits, make_steps, ort_logits, write_text_checkpoint
@@ -112,19 +113,20 @@ def test_spilling_before_quantizing_writes_the_same_files(ckpt, tmp_path: Path, 
     """The low-memory int4 path (float graph saved to disk, quantizer reads it back) changes nothing in the output."""
     plain = dec.build_decoder(ckpt, tmp_path / "plain", "int4")
     spills = []
-    real_spill = dec.spill_to_disk
-    monkeypatch.setattr(dec, "spill_to_disk", lambda model, folder: spills.append(folder) or real_spill(model, folder))
+    real_spill = deepstack_decoder.spill_to_disk
+    monkeypatch.setattr(deepstack_decoder, "spill_to_disk", lambda model, folder: spills.append(folder) or real_spill(model, folder))
     spilled = dec.build_decoder(ckpt, tmp_path / "spilled", "int4", spill_before_quantizing=True)
     assert len(spills) == 1 and not spills[0].exists()  # the float copy was made, and removed afterwards
-    for name in ("model.onnx", "model.onnx.data", "genai_config.json"):
+    for name in ("model.onnx", "model.onnx.data"):
         assert (plain.path.parent / name).read_bytes() == (spilled.path.parent / name).read_bytes(), name
+    assert plain.og_genai_config == spilled.og_genai_config
     assert sorted(p.name for p in spilled.path.parent.iterdir()) == sorted(p.name for p in plain.path.parent.iterdir())
 
 
 def test_spilling_is_skipped_where_the_quantizer_cannot_read_spilled_weights(ckpt, tmp_path: Path, monkeypatch) -> None:
     """k_quant / rtn read weights with onnx.numpy_helper, which refuses absolute external-data paths: no spill there."""
     spills = []
-    monkeypatch.setattr(dec, "spill_to_disk", lambda model, folder: spills.append(folder) or model)
+    monkeypatch.setattr(deepstack_decoder, "spill_to_disk", lambda model, folder: spills.append(folder) or model)
     build = dec.build_decoder(ckpt, tmp_path, "int4", extra_options={"algo_config": "k_quant"}, spill_before_quantizing=True)
     assert spills == [] and build.path.exists()
 
@@ -141,7 +143,7 @@ def test_build_decoder_rejects_exclude_embeds_false(ckpt, tmp_path: Path) -> Non
 
 
 def test_og_extra_option_keys_read_from_og_source() -> None:
-    keys = set(dec.og_extra_option_keys())
+    keys = set(og_builder.og_extra_option_keys())
     for key in ("block_size", "accuracy_level", "algo_config", "nodes_to_exclude", "is_symmetric", "exclude_embeds",
                 "int4_block_size", "int4_accuracy_level", "int4_algo_config", "int4_nodes_to_exclude"):
         assert key in keys, key
