@@ -19,6 +19,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +31,9 @@ LAYER_SHAPES = {"q_proj": (HIDDEN, Q_WIDTH), "k_proj": (HIDDEN, KV_WIDTH), "v_pr
 ROWS = (1, 229, 700)
 
 
-def quantized_matmul(k: int, n: int, block_size: int, accuracy_level: int, folder: Path) -> Path:
-    import onnx
+def _float_matmul(k: int, n: int):
+    """One MatMul node with a fixed random [k, n] weight (seeded by the shape), input [m, k]."""
     from onnx import TensorProto, helper, numpy_helper
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     rng = np.random.default_rng(k * 7 + n)
     weight = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
@@ -42,8 +42,14 @@ def quantized_matmul(k: int, n: int, block_size: int, accuracy_level: int, folde
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", k])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", n])],
         [numpy_helper.from_array(weight, "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=block_size, is_symmetric=True,
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def quantized_matmul(k: int, n: int, block_size: int, accuracy_level: int, folder: Path) -> Path:
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    quantizer = MatMulNBitsQuantizer(_float_matmul(k, n), bits=4, block_size=block_size, is_symmetric=True,
                                      accuracy_level=accuracy_level or None)
     quantizer.process()
     path = folder / f"mm_{k}x{n}_b{block_size}_a{accuracy_level}.onnx"
@@ -55,34 +61,27 @@ def dynamic_int8_matmul(k: int, n: int, folder: Path) -> Path:
     """The same weight through onnxruntime's dynamic quantization (s8 per output channel): the kernel a
     separate int8 prompt model would run (og's decoder pipeline, run_on_prompt), for comparison only."""
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    rng = np.random.default_rng(k * 7 + n)
-    weight = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "mm",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", k])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", n])],
-        [numpy_helper.from_array(weight, "w")])
     src, out = folder / f"f_{k}x{n}.onnx", folder / f"q8_{k}x{n}.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    onnx.save(_float_matmul(k, n), str(src))
     quantize_dynamic(src, out, per_channel=True, weight_type=QuantType.QInt8)
     src.unlink()
     return out
 
 
-def dynamic_int8_row(threads: int, repeats: int) -> dict:
+def kernel_row(make: Callable[[int, int, Path], Path], threads: int, repeats: int, **labels) -> dict:
+    """28 x (one layer's MatMuls) at each row count of ROWS, plus the lm_head at M = 1 (og prunes it)."""
     per_m = {m: 0.0 for m in ROWS}
     with tempfile.TemporaryDirectory() as tmp:
         for k, n in LAYER_SHAPES.values():
-            path = dynamic_int8_matmul(k, n, Path(tmp))
+            path = make(k, n, Path(tmp))
             for m in ROWS:
                 per_m[m] += LAYERS * time_call(path, m, threads, repeats)
-        head = dynamic_int8_matmul(HIDDEN, VOCAB, Path(tmp))
-        lm_head_s = time_call(head, 1, threads, repeats)
-    return {"accuracy_level": "dynamic int8", "block_size": "per channel", "lm_head_m1_s": lm_head_s,
-            "decode_step_s": per_m[1] + lm_head_s, **{f"prefill_{m}_s": per_m[m] + lm_head_s for m in ROWS if m > 1}}
+            path.unlink()
+        lm_head_s = time_call(make(HIDDEN, VOCAB, Path(tmp)), 1, threads, repeats)
+    return {**labels, "lm_head_m1_s": lm_head_s, "decode_step_s": per_m[1] + lm_head_s,
+            **{f"prefill_{m}_s": per_m[m] + lm_head_s for m in ROWS if m > 1}}
 
 
 def gemm_peak(threads: int, repeats: int, size: int = 2048) -> dict:
@@ -111,15 +110,13 @@ def gemm_peak(threads: int, repeats: int, size: int = 2048) -> dict:
             else:
                 feed = {"a": rng.integers(0, 255, (size, size), dtype=np.uint8), "b": rng.integers(-127, 127, (size, size), dtype=np.int8)}
             sess.run(None, feed)
-            best = min(_timed(lambda: sess.run(None, feed)) for _ in range(repeats))
+            best = float("inf")
+            for _ in range(repeats):
+                start = time.perf_counter()
+                sess.run(None, feed)
+                best = min(best, time.perf_counter() - start)
             out[name + "_GOPs"] = 2 * size**3 / best / 1e9
     return out
-
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def time_call(path: Path, m: int, threads: int, repeats: int) -> float:
@@ -141,23 +138,13 @@ def time_call(path: Path, m: int, threads: int, repeats: int) -> float:
 
 def sweep(threads: int, repeats: int, levels: tuple[int, ...], blocks: tuple[int, ...]) -> list[dict]:
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for level in levels:
-            for block in blocks:
-                per_m = {m: 0.0 for m in ROWS}
-                for name, (k, n) in LAYER_SHAPES.items():
-                    path = quantized_matmul(k, n, block, level, Path(tmp))
-                    for m in ROWS:
-                        per_m[m] += LAYERS * time_call(path, m, threads, repeats)
-                    path.unlink()
-                head = quantized_matmul(HIDDEN, VOCAB, block, level, Path(tmp))
-                lm_head_s = time_call(head, 1, threads, repeats)
-                head.unlink()
-                row = {"accuracy_level": level, "block_size": block, "lm_head_m1_s": lm_head_s,
-                       "decode_step_s": per_m[1] + lm_head_s,
-                       **{f"prefill_{m}_s": per_m[m] + lm_head_s for m in ROWS if m > 1}}
-                print(json.dumps(row), flush=True)
-                rows.append(row)
+    for level in levels:
+        for block in blocks:
+            def make(k: int, n: int, folder: Path, b: int = block, lv: int = level) -> Path:
+                return quantized_matmul(k, n, b, lv, folder)
+
+            rows.append(kernel_row(make, threads, repeats, accuracy_level=level, block_size=block))
+            print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
@@ -181,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = sweep(args.threads, args.repeats, tuple(int(v) for v in args.levels.split(",") if v),
                  tuple(int(v) for v in args.blocks.split(",")))
     if args.dynamic_int8:
-        rows.append(dynamic_int8_row(args.threads, args.repeats))
+        rows.append(kernel_row(dynamic_int8_matmul, args.threads, args.repeats,
+                               accuracy_level="dynamic int8", block_size="per channel"))
         print(json.dumps(rows[-1]), flush=True)
     for row in rows:
         per_layer_int8 = sum(k * n + n * 4 for k, n in LAYER_SHAPES.values())
