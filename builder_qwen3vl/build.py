@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING
 
 from . import genai_config, io_spec
 from .checkpoint import Checkpoint, read_checkpoint
-from .logs import heartbeat
+from .logs import heartbeat, quiet_libraries
 from .options import BuildOptions
-from .output_folder import check_output_folder, staged_output
+from .disk_estimate import estimate_build_bytes
+from .output_folder import check_free_space, check_output_folder, staged_output
 from .plan import BuildPlan, make_plan
 from .subprocess_step import run_in_child
 from .weights import EMBED_TABLE, lm_head_is_table, load_prefix, load_tensors
@@ -37,7 +38,15 @@ def step(name: str) -> Iterator[None]:
 
 
 def build(options: BuildOptions) -> Path:
-    """Build the bundle described by ``options``; return the output folder."""
+    """Build the bundle described by ``options``; return the output folder.
+
+    Other libraries' logs and warnings are shown only with ``options.verbose`` (``logs.quiet_libraries``).
+    """
+    with quiet_libraries(options.verbose):
+        return _build(options)
+
+
+def _build(options: BuildOptions) -> Path:
     with step("reading checkpoint"):
         ckpt = read_checkpoint(options.input)
     tied = lm_head_is_table(ckpt)  # reads two tensors only when a tied config also stores an lm_head
@@ -47,6 +56,8 @@ def build(options: BuildOptions) -> Path:
     plan = make_plan(ckpt.config, options, lm_head_is_table=tied)  # e.g. a bad max_length fails here, before any work
     log.info("build plan: %s", plan)
     check_output_folder(options.input, options.output, options.overwrite)
+    large = checkpoint_bytes(ckpt) >= ISOLATE_DECODER_BYTES
+    check_free_space(options.output, *estimate_build_bytes(ckpt, plan, spills_float_decoder=large and plan.precision == "int4"))
     with staged_output(options.output) as staging:
         write_bundle(ckpt, plan, options, staging)
     log.info("bundle written to %s; try: python examples/chat.py -m %s --image IMAGE", options.output, options.output)
@@ -66,7 +77,7 @@ def write_bundle(ckpt: Checkpoint, plan: BuildPlan, options: BuildOptions, out: 
 
 
 def write_configs(ckpt: Checkpoint, plan: BuildPlan, out: Path, og_genai: dict | None) -> None:
-    genai_config.write_json(out / "genai_config.json", genai_config.make_genai_config(ckpt.config, plan, og_genai))
+    genai_config.write_json(out / io_spec.GENAI_CONFIG_FILENAME, genai_config.make_genai_config(ckpt.config, plan, og_genai))
     genai_config.write_json(out / io_spec.PROCESSOR_CONFIG_FILENAME, genai_config.make_processor_config(ckpt.config))
     for path in ckpt.tokenizer_files:
         shutil.copy2(path, out / path.name)

@@ -13,13 +13,10 @@ from typing import Any
 
 from .config import Qwen3VLConfig, TextConfig, VisionConfig
 from .errors import InputError
+from .io_spec import CHAT_TEMPLATE_FILES, OPTIONAL_TOKENIZER_FILES, TOKENIZER_FILES
 from .safetensors_index import FLOAT_DTYPES, TensorInfo, read_checkpoint_tensors
 
 log = logging.getLogger(__name__)
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
-OPTIONAL_TOKENIZER_FILES = ("vocab.json", "merges.txt", "special_tokens_map.json", "added_tokens.json")
-CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
 
 
 @dataclass(frozen=True)

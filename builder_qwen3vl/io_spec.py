@@ -62,7 +62,22 @@ EMBEDDING = ModelIO(
 )
 
 DECODER_FILENAME = "model.onnx"
+GENAI_CONFIG_FILENAME = "genai_config.json"
 PROCESSOR_CONFIG_FILENAME = "processor_config.json"
+VIDEO_CONFIG_FILENAME = "video_preprocessor_config.json"
+
+# Tokenizer files a checkpoint has (the first two required) and the bundle copies.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+OPTIONAL_TOKENIZER_FILES = ("vocab.json", "merges.txt", "special_tokens_map.json", "added_tokens.json")
+CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
+
+_ONNX_FILES = (VISION.filename, EMBEDDING.filename, DECODER_FILENAME)
+# Every file name a bundle may hold: ``--overwrite`` replaces a folder holding only these.
+BUNDLE_FILE_NAMES = frozenset(
+    _ONNX_FILES + tuple(f + ".data" for f in _ONNX_FILES)
+    + (GENAI_CONFIG_FILENAME, PROCESSOR_CONFIG_FILENAME, VIDEO_CONFIG_FILENAME)
+    + TOKENIZER_FILES + OPTIONAL_TOKENIZER_FILES + CHAT_TEMPLATE_FILES
+)
 
 
 def config_names(specs: tuple[TensorSpec, ...]) -> dict[str, str]:

@@ -79,6 +79,52 @@ def _quiet_torch() -> None:
         os.environ.setdefault("TORCH_LOGS", "-all")
 
 
+# Loggers of the libraries a build drives; their INFO lines (onnxruntime's quantizer reports every tensor)
+# would bury our step lines.
+LIBRARY_LOGGERS = ("onnxruntime", "onnxscript", "onnx_ir", "onnx", "torch", "transformers", "onnxruntime_genai")
+
+
+class _DropRootChatter(logging.Filter):
+    """onnxruntime's quantizer logs through the root logger itself (``logging.info``): drop those below ERROR."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name != "root" or record.levelno >= logging.ERROR
+
+
+@contextlib.contextmanager
+def quiet_libraries(verbose: bool) -> Iterator[None]:
+    """During a build, other libraries log errors only and their Python warnings are dropped, unless ``verbose``.
+
+    A logger the application set below WARNING is left alone: that is its way of asking for those lines.
+    torch and transformers set their loggers' levels when first imported, so their environment switches are
+    set too (if the application has not set them).
+    """
+    if verbose:
+        yield
+        return
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    torch_configures_itself = "torch" not in sys.modules
+    if torch_configures_itself:  # torch sets its loggers' levels from TORCH_LOGS when first imported
+        os.environ.setdefault("TORCH_LOGS", "-all")
+    saved = {}
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET or logger.level >= logging.WARNING:
+            if not (name == "torch" and torch_configures_itself):  # its atexit lines must stay quiet too
+                saved[logger] = logger.level
+            logger.setLevel(logging.ERROR)
+    root_filter = _DropRootChatter()
+    logging.getLogger().addFilter(root_filter)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.getLogger().removeFilter(root_filter)
+        for logger, level in saved.items():
+            logger.setLevel(level)
+
+
 @contextlib.contextmanager
 def heartbeat(name: str, every: float = HEARTBEAT_SECONDS, logger: logging.Logger | None = None) -> Iterator[None]:
     """Log "<name> still running (N s)" every ``every`` seconds until the block ends."""

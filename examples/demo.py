@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from chat import exact_grid_copies, generate  # noqa: E402
 
 from builder_qwen3vl import BuildOptions, build  # noqa: E402
+from builder_qwen3vl.logs import configure_logging  # noqa: E402
 
 log = logging.getLogger("demo")
 TIMES: list[tuple[str, float]] = []
@@ -48,8 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--index", type=int, default=0, help="which held-out picture/question to use")
     p.add_argument("--image", type=Path, default=None, help="your own picture instead of a generated one")
     p.add_argument("--question", default=None, help="your own question (e.g. 'How many squares are there?')")
+    p.add_argument("-v", "--verbose", action="store_true", help="show onnxruntime's, torch's and og's own output too")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    configure_logging(args.verbose)  # our step lines; other libraries' chatter only with -v
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
     if args.image is not None and not args.image.is_file():
         p.error(f"--image {args.image}: no such file")
     if args.image is not None and args.question is None:
@@ -69,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint = shipped_checkpoint()
     bundle = args.workdir / f"bundle-{args.precision}"
     with stage(f"building the {args.precision} bundle"):
-        build(BuildOptions(input=checkpoint, output=bundle, precision=args.precision, overwrite=True))
+        build(BuildOptions(input=checkpoint, output=bundle, precision=args.precision, overwrite=True,
+                           verbose=args.verbose))
 
     expected = None
     if args.image is None:
@@ -84,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         images = exact_grid_copies([str(picture)], Path(tmp), bundle)
         answer = "".join(generate(og.Model(str(bundle)), images, question, max_new_tokens=8)).strip()
 
+    print(f"bundle:   {bundle.resolve()}")
     print(f"picture:  {picture}")
     print(f"question: {question}")
     print(f"answer:   {answer}")

@@ -1,5 +1,5 @@
 """Bad input, end to end through the CLI: exit code, ONE error line naming the file or option and
-what was expected, and nothing left behind (no -o folder, no ".NAME.building-*" staging folder,
+what was expected, and nothing left behind (no -o folder, no staging folder inside it,
 no og/torch scratch folder in TMPDIR). The matrix with the observed messages is docs/errors.md.
 
 Most rows fail while reading the checkpoint or the options, before any export; the disk-full,
@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from builder_qwen3vl.cli import main
+from builder_qwen3vl.output_folder import STAGING_PREFIX
 
 OUT = "bundle"  # every row writes (or must not write) tmp_path / OUT
 
@@ -44,7 +45,9 @@ def the_error_line(text: str) -> str:
 def assert_no_leftovers(parent: Path, name: str = OUT, *, out_existed: bool = False) -> None:
     if not out_existed:
         assert not (parent / name).exists(), f"{parent / name} was left behind"
-    stale = [p.name for p in parent.iterdir() if p.name.startswith((f".{name}.building-", f".{name}.old-"))]
+        return
+    out = parent / name
+    stale = [p.name for p in out.iterdir() if p.name.startswith(STAGING_PREFIX)] if out.is_dir() else []
     assert not stale, f"staging folders left behind: {stale}"
 
 
@@ -263,7 +266,7 @@ def test_output_not_empty_without_overwrite(small_ckpt: Path, tmp_path: Path, ca
     got, text = run_cli(capsys, "-i", small_ckpt, "-o", tmp_path / OUT)
     line = the_error_line(text)
     print(f"exit {got}: {line}")
-    assert got == 2 and "folder is not empty; pass --overwrite to replace it" in line
+    assert got == 2 and "folder is not empty; pass --overwrite to replace the bundle in it" in line
     assert (tmp_path / OUT / "mine.txt").read_text() == "keep"
     assert_no_leftovers(tmp_path, out_existed=True)
 
@@ -340,7 +343,7 @@ def test_interrupted_build_leaves_nothing(buildable_ckpt: Path, tmp_path: Path, 
     deadline = time.monotonic() + 240
     writing = None
     while writing is None and proc.poll() is None and time.monotonic() < deadline:
-        staging = [p for p in tmp_path.iterdir() if p.name.startswith(f".{OUT}.building-")]
+        staging = [p for p in (tmp_path / OUT).glob(STAGING_PREFIX + "*")] if (tmp_path / OUT).is_dir() else []
         if staging and any(staging[0].iterdir()):  # the decoder's files are being written
             writing = sorted(p.name for p in staging[0].iterdir())
         time.sleep(0.05)

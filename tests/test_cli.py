@@ -82,28 +82,6 @@ def test_input_missing_exit_2(tmp_path: Path, capsys, caplog) -> None:
     assert not (tmp_path / "out").exists()
 
 
-def test_output_inside_input_rejected(small_ckpt: Path, capsys, caplog) -> None:
-    for out in (small_ckpt, small_ckpt / "bundle"):
-        code, text = _run(capsys, caplog, "-i", str(small_ckpt), "-o", str(out))
-        assert code == 2 and "must not be the input folder or inside it" in text
-    assert not (small_ckpt / "bundle").exists()
-
-
-def test_output_is_file_rejected(small_ckpt: Path, tmp_path: Path, capsys, caplog) -> None:
-    (tmp_path / "file").write_text("x")
-    code, text = _run(capsys, caplog, "-i", str(small_ckpt), "-o", str(tmp_path / "file"))
-    assert code == 2 and "exists and is a file" in text
-
-
-def test_output_non_empty_needs_overwrite(small_ckpt: Path, tmp_path: Path, capsys, caplog) -> None:
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("x")
-    code, text = _run(capsys, caplog, "-i", str(small_ckpt), "-o", str(out))
-    assert code == 2 and "not empty; pass --overwrite" in text
-    assert (out / "keep.txt").read_text() == "x"
-
-
 def test_no_staging_folder_left_after_failure(small_ckpt: Path, tmp_path: Path, capsys, caplog, monkeypatch) -> None:
     """Whatever step fails, neither -o nor the hidden staging folder beside it survives."""
     import importlib

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..permissions import apply_umask
 from . import random_init, shapes_task, tokenizer, training
 from .train_config import DEFAULT_CONFIG, TrainConfig
 
@@ -149,5 +150,6 @@ def shipped_checkpoint(cache_dir: Path | None = None) -> Path:
             shutil.rmtree(staging, ignore_errors=True)
             log.info("assembling the shipped tiny model into %s", target)
             assemble(staging)
+            apply_umask(staging)  # safetensors writes 0600: a cache shared with a container must be readable
             staging.rename(target)
     return target
