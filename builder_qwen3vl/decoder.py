@@ -20,7 +20,7 @@ from . import io_spec
 from .errors import InputError
 from .deepstack_decoder import make_model_class
 from .og_builder import (QWEN3_VL_ARCHITECTURE, given_options_text, og_builder, og_option_strings,
-                         og_output_to_debug_log, translate_int4_aliases)
+                         og_output_to_debug_log, stamp_with_package_commit, translate_int4_aliases)
 from .repeat_kv_fix import drop_repeat_kv_shape_labels
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,8 @@ def build_decoder(
             Path(output_dir).mkdir(parents=True, exist_ok=True)
             model.spill_before_quantizing = spill_before_quantizing
             model.make_model(input_dir)
-            model.save_model(output_dir)
+            with stamp_with_package_commit(model):
+                model.save_model(output_dir)
             drop_repeat_kv_shape_labels(Path(output_dir) / io_spec.DECODER_FILENAME)
             # og's genai_config describes the graph it built (io names, session options, KV sharing); the
             # bundle's genai_config.json is written once, by genai_config.py, from it and the plan.

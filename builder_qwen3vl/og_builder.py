@@ -132,3 +132,24 @@ def og_io_dtype(precision: str, execution_provider: str, extra_options: dict[str
     from onnxruntime_genai.models.quantization.quant_config import default_io_dtype
 
     return IO_DTYPE_NAMES[default_io_dtype(precision, execution_provider, extra_options)]
+
+
+@contextlib.contextmanager
+def stamp_with_package_commit(model: Any) -> Iterator[None]:
+    """og stamps model.onnx's producer_version with ``git rev-parse HEAD`` run five folders above its own file,
+    which inside a virtualenv is the user's checkout: the same build would give different bytes per checkout.
+    While saving, og's commit lookup answers with the installed wheel's own commit instead."""
+    owner = next(cls for cls in type(model).__mro__ if "get_genai_commit" in vars(cls))
+    original = vars(owner)["get_genai_commit"]
+
+    def package_commit(cls: type) -> str | None:
+        import onnxruntime_genai
+
+        return getattr(onnxruntime_genai, "__commit__", None) or None
+
+    owner.get_genai_commit = classmethod(package_commit)
+    try:
+        yield
+    finally:
+        owner.get_genai_commit = original
+

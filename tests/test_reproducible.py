@@ -64,3 +64,18 @@ def test_differences_are_located(tmp_path: Path) -> None:
     assert any(d.startswith("m.onnx: ") and "(producer_name: 'p' vs 'other')" in d for d in diffs)
     assert any(d.startswith("m.onnx.data: sizes 16384 / 16384, first difference at byte ") and "inside initializer 'w' of m.onnx" in d
                for d in diffs)
+
+
+def test_producer_version_is_the_og_wheel_not_the_checkout(tmp_path: Path) -> None:
+    """og stamps ``git rev-parse HEAD`` of the folder five levels above its file (inside a venv: this checkout);
+    the bundle must carry the installed og's own version and commit, the same from any checkout."""
+    import onnx
+    import onnxruntime_genai as og
+
+    from builder_qwen3vl.testing.checkpoints import tiny_config, write_checkpoint
+
+    ckpt = write_checkpoint(tmp_path / "ckpt", tiny_config(num_hidden_layers=3, deepstack_visual_indexes=(0,)))
+    bundle = build(BuildOptions(input=ckpt, output=tmp_path / "bundle", precision="fp32"))
+    decoder = onnx.load(str(bundle / "model.onnx"), load_external_data=False)
+    print(f"producer: {decoder.producer_name} {decoder.producer_version}")
+    assert decoder.producer_version == f"{og.__version__}+{og.__commit__[:7]}"
