@@ -9,20 +9,17 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from . import genai_config, io_spec
 from .checkpoint import Checkpoint, read_checkpoint
+from .decoder import decoder_step
+from .decoder.build import spills_float_decoder
 from .logs import heartbeat, quiet_libraries
 from .options import BuildOptions
 from .disk_estimate import estimate_build_bytes
 from .output_folder import check_free_space, check_output_folder, staged_output
 from .plan import BuildPlan, make_plan
-from .subprocess_step import run_in_child
 from .weights import EMBED_TABLE, lm_head_is_table, load_prefix, load_tensors
-
-if TYPE_CHECKING:
-    from .decoder import DecoderBuild
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +53,7 @@ def _build(options: BuildOptions) -> Path:
     plan = make_plan(ckpt.config, options, lm_head_is_table=tied)  # e.g. a bad max_length fails here, before any work
     log.info("build plan: %s", plan)
     check_output_folder(options.input, options.output, options.overwrite)
-    large = checkpoint_bytes(ckpt) >= ISOLATE_DECODER_BYTES
-    check_free_space(options.output, *estimate_build_bytes(ckpt, plan, spills_float_decoder=large and plan.precision == "int4"))
+    check_free_space(options.output, *estimate_build_bytes(ckpt, plan, spills_float_decoder=spills_float_decoder(ckpt, plan)))
     with staged_output(options.output) as staging:
         write_bundle(ckpt, plan, options, staging)
     log.info("bundle written to %s; try: python examples/chat.py -m %s --image IMAGE", options.output, options.output)
@@ -66,8 +62,7 @@ def _build(options: BuildOptions) -> Path:
 
 def write_bundle(ckpt: Checkpoint, plan: BuildPlan, options: BuildOptions, out: Path) -> None:
     with step("building model.onnx with the og builder"):
-        decoder = _build_decoder(ckpt, plan, options, out)
-        plan.check_decoder(decoder)
+        decoder = decoder_step(ckpt, plan, options, out)
     with step("exporting embeddings.onnx"):
         _export_embeddings(ckpt, plan, out)
     with step("exporting vision_encoder.onnx"):
@@ -81,32 +76,6 @@ def write_configs(ckpt: Checkpoint, plan: BuildPlan, out: Path, og_genai: dict |
     genai_config.write_json(out / io_spec.PROCESSOR_CONFIG_FILENAME, genai_config.make_processor_config(ckpt.config))
     for path in ckpt.tokenizer_files:
         shutil.copy2(path, out / path.name)
-
-
-# Checkpoints at least this large build the decoder in a child process: og's builder keeps the whole
-# HF model and its quantized copies (13 GiB at the 2B shape), and glibc does not give that memory back
-# to the OS, so in-process the embeddings and vision exports would stack on top of it. Small checkpoints
-# stay in-process, where a child's start-up (re-importing torch and og, seconds) would dominate.
-ISOLATE_DECODER_BYTES = 1 << 30
-
-
-def _build_decoder(ckpt: Checkpoint, plan: BuildPlan, options: BuildOptions, out: Path) -> DecoderBuild:
-    from .decoder import build_decoder
-
-    kwargs = dict(
-        input_dir=ckpt.folder, output_dir=out, precision=plan.precision,
-        execution_provider=plan.execution_provider, cache_dir=options.cache_dir,
-        extra_options=dict(plan.og_extra_options), deepstack=plan.apply_deepstack,
-    )
-    large = checkpoint_bytes(ckpt) >= ISOLATE_DECODER_BYTES
-    kwargs["spill_before_quantizing"] = large  # 2B int4: 13.1 -> see docs/benchmarks.md
-    if not large:
-        return build_decoder(**kwargs)
-    return run_in_child(build_decoder, kwargs, verbose=options.verbose)
-
-
-def checkpoint_bytes(ckpt: Checkpoint) -> int:
-    return sum(p.stat().st_size for p in {info.file for info in ckpt.tensors.values()})
 
 
 def _export_embeddings(ckpt: Checkpoint, plan: BuildPlan, out: Path) -> None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .decoder.og_builder import OG_OPTION_DEFAULTS
 from .errors import InputError
 
 PRECISIONS = ("fp32", "fp16", "int4")
@@ -26,9 +27,6 @@ OWN_EXTRA_OPTIONS: dict[str, tuple[str, ...] | None] = {
     "intra_op_num_threads": None,
     "max_length": None,
 }
-# og builder keys whose default we change: prefill computes the lm_head for the last position only
-# (og 0.18's runtime reads the [B, 1, V] logits); prune_lm_head=false gives logits for every position.
-OG_OPTION_DEFAULTS = {"prune_lm_head": "true"}
 # og's own default gives each session hardware_concurrency()/2 threads: one on a 2-core VM without SMT.
 DEFAULT_INTRA_OP_NUM_THREADS = 0
 # onnxruntime's dynamic quantization (vision weights): fp32 graphs and CPU kernels only.
@@ -44,7 +42,7 @@ RESERVED_EXTRA_OPTIONS = (
 
 def og_extra_options() -> tuple[str, ...]:
     """The installed og builder's own keys (read from its source; imports og lazily)."""
-    from .og_builder import og_extra_option_keys
+    from .decoder.og_builder import og_extra_option_keys
 
     return og_extra_option_keys()
 
@@ -93,7 +91,7 @@ def validate_combination(precision: str, execution_provider: str, extra_options:
     og's builder accepts every -p fp32|fp16|int4 x -e cpu|cuda|dml|webgpu pair; what we cannot serve is a
     bfloat16 decoder io (og's rule, e.g. use_cuda_bf16) and dynamic int8 vision weights in a float16 bundle.
     """
-    from .og_builder import og_io_dtype, translate_int4_aliases
+    from .decoder.og_builder import og_io_dtype, translate_int4_aliases
 
     try:
         og_options = translate_int4_aliases({k: v for k, v in extra_options.items() if k not in OWN_EXTRA_OPTIONS})

@@ -73,7 +73,7 @@ def resolve_max_length(asked: int | None, cfg: Qwen3VLConfig) -> int:
 
 def make_plan(cfg: Qwen3VLConfig, options: BuildOptions, *, lm_head_is_table: bool | None = None) -> BuildPlan:
     """``lm_head_is_table``: from the weights (weights.lm_head_is_table); None: what the config says."""
-    from .og_builder import og_io_dtype, translate_int4_aliases
+    from .decoder.og_builder import og_io_dtype, translate_int4_aliases
 
     # BuildOptions already refused bfloat16 io and dynamic vision weights in a float16 bundle.
     io_dtype = og_io_dtype(options.precision, options.execution_provider, translate_int4_aliases(options.og_extra_options))

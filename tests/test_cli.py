@@ -107,10 +107,10 @@ def test_decoder_step_in_child_process(tmp_path: Path, monkeypatch) -> None:
     from builder_qwen3vl.errors import InputError
     from builder_qwen3vl.testing.checkpoints import tiny_config, write_checkpoint
 
-    build_module = importlib.import_module("builder_qwen3vl.build")
+    decoder_build = importlib.import_module("builder_qwen3vl.decoder.build")
     ckpt = write_checkpoint(tmp_path / "ckpt", tiny_config())
     build(BuildOptions(input=ckpt, output=tmp_path / "inproc", precision="fp32"))
-    monkeypatch.setattr(build_module, "ISOLATE_DECODER_BYTES", 0)
+    monkeypatch.setattr(decoder_build, "ISOLATE_DECODER_BYTES", 0)
     build(BuildOptions(input=ckpt, output=tmp_path / "child", precision="fp32"))
     for name in ("model.onnx", "model.onnx.data", "genai_config.json"):
         assert (tmp_path / "inproc" / name).read_bytes() == (tmp_path / "child" / name).read_bytes(), name

@@ -15,8 +15,8 @@ import numpy as np
 import onnx
 import pytest
 
-from builder_qwen3vl import decoder as dec
-from builder_qwen3vl import deepstack_decoder, og_builder
+from builder_qwen3vl.decoder import build as dec
+from builder_qwen3vl.decoder import og_builder
 from compare import cosine_and_top1, max_abs_diff
 from compare import load_hf_model as load_hf
 from text_helpers import NUM_LAYERS, hf_logits, make_steps, ort_logits, write_text_checkpoint
@@ -60,7 +60,7 @@ def test_fp32_matches_hf_with_deepstack(fp32_build, steps, hf_ref) -> None:
 
 def test_without_deepstack_differs_from_hf(ckpt, steps, hf_ref, tmp_path: Path) -> None:
     build = dec.build_decoder(ckpt, tmp_path, "fp32", deepstack=False)
-    assert not build.apply_deepstack
+    assert not any("/model/deepstack/layers." in n.name for n in onnx.load(str(build.path), load_external_data=False).graph.node)
     diff = max_abs_diff(hf_ref, _run(build, steps))
     print(f"fp32 decoder built with deepstack=False: max|logit diff| vs HF {diff:.2f}")
     assert diff > 1.0  # measured ~38: the parity test above would catch a missing DeepStack
@@ -113,8 +113,10 @@ def test_spilling_before_quantizing_writes_the_same_files(ckpt, tmp_path: Path, 
     """The low-memory int4 path (float graph saved to disk, quantizer reads it back) changes nothing in the output."""
     plain = dec.build_decoder(ckpt, tmp_path / "plain", "int4")
     spills = []
-    real_spill = deepstack_decoder.spill_to_disk
-    monkeypatch.setattr(deepstack_decoder, "spill_to_disk", lambda model, folder: spills.append(folder) or real_spill(model, folder))
+    from builder_qwen3vl.decoder import model as deepstack_model
+
+    real_spill = deepstack_model.spill_to_disk
+    monkeypatch.setattr(deepstack_model, "spill_to_disk", lambda model, folder: spills.append(folder) or real_spill(model, folder))
     spilled = dec.build_decoder(ckpt, tmp_path / "spilled", "int4", spill_before_quantizing=True)
     assert len(spills) == 1 and not spills[0].exists()  # the float copy was made, and removed afterwards
     for name in ("model.onnx", "model.onnx.data"):
@@ -125,8 +127,10 @@ def test_spilling_before_quantizing_writes_the_same_files(ckpt, tmp_path: Path, 
 
 def test_spilling_is_skipped_where_the_quantizer_cannot_read_spilled_weights(ckpt, tmp_path: Path, monkeypatch) -> None:
     """k_quant / rtn read weights with onnx.numpy_helper, which refuses absolute external-data paths: no spill there."""
+    from builder_qwen3vl.decoder import model as deepstack_model
+
     spills = []
-    monkeypatch.setattr(deepstack_decoder, "spill_to_disk", lambda model, folder: spills.append(folder) or model)
+    monkeypatch.setattr(deepstack_model, "spill_to_disk", lambda model, folder: spills.append(folder) or model)
     build = dec.build_decoder(ckpt, tmp_path, "int4", extra_options={"algo_config": "k_quant"}, spill_before_quantizing=True)
     assert spills == [] and build.path.exists()
 

@@ -1,9 +1,11 @@
 """model.onnx: the og model builder's Qwen3-VL text decoder, widened to carry DeepStack features.
 
-``build_decoder`` drives og's builder (``onnxruntime_genai.models.builder``) the way og's own
-``create_model`` does, with ``DeepStackQwen3VLTextModel`` (deepstack_decoder.py: a W-wide
-``inputs_embeds`` and the D DeepStack adds) in place of og's ``Qwen3VLTextModel``. Weights, attention,
-MRoPE and quantization are og's own code.
+``build_decoder`` drives og's builder (``onnxruntime_genai.models.builder``) through the steps of og's
+own ``create_model`` (options, io/onnx dtypes, the model class, make_model, save_model, make_genai_config)
+with ``DeepStackQwen3VLTextModel`` (model.py) in place of og's ``Qwen3VLTextModel``. ``create_model``
+itself is not called: it dispatches on the architecture to og's class, and it copies og's own tokenizer
+and processor files into the output, which the bundle writes itself. ``decoder_step`` is what the bundle
+build calls: the same, in a child process for large checkpoints.
 """
 
 from __future__ import annotations
@@ -14,14 +16,19 @@ import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import io_spec
-from .errors import InputError
-from .deepstack_decoder import make_model_class
+from .. import io_spec
+from ..errors import InputError
+from .child_process import run_in_child
 from .og_builder import (QWEN3_VL_ARCHITECTURE, given_options_text, og_builder, og_option_strings,
                          og_output_to_debug_log, stamp_with_package_commit, translate_int4_aliases)
 from .repeat_kv_fix import drop_repeat_kv_shape_labels
+
+if TYPE_CHECKING:
+    from ..checkpoint import Checkpoint
+    from ..options import BuildOptions
+    from ..plan import BuildPlan
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +44,6 @@ class DecoderBuild:
     stream_width: int  # (1 + D) * H: inputs_embeds width = decoder.hidden_size in genai_config
     deepstack_layers: int  # D
     num_layers: int
-    apply_deepstack: bool
 
 
 def build_decoder(
@@ -84,17 +90,15 @@ def build_decoder(
                 raise ValueError(f"{input_dir}/config.json: architecture is {architecture}, expected {QWEN3_VL_ARCHITECTURE}")
             io_dtype = builder.set_io_dtype(precision, execution_provider, prepared)
             onnx_dtype = builder.set_onnx_dtype(precision, prepared)
-            deepstack_layers = len(config.vision_config.deepstack_visual_indexes)
+            from .model import APPLY_DEEPSTACK, SPILL_BEFORE_QUANTIZING, DeepStackQwen3VLTextModel
+
+            prepared.update({APPLY_DEEPSTACK: deepstack, SPILL_BEFORE_QUANTIZING: spill_before_quantizing})
             try:
-                model = make_model_class()(
-                    config, io_dtype, onnx_dtype, execution_provider, cache_dir, prepared,
-                    deepstack_layers=deepstack_layers, apply_deepstack=deepstack,
-                )
+                model = DeepStackQwen3VLTextModel(config, io_dtype, onnx_dtype, execution_provider, cache_dir, prepared)
             except ValueError as e:  # og converts option values here (e.g. int(block_size)): a user input error
                 given = given_options_text(extra_options or {})
                 raise InputError(f"og builder rejected the settings: {e} (--extra_options given: {given})") from e
             Path(output_dir).mkdir(parents=True, exist_ok=True)
-            model.spill_before_quantizing = spill_before_quantizing
             model.make_model(input_dir)
             with stamp_with_package_commit(model):
                 model.save_model(output_dir)
@@ -110,15 +114,44 @@ def build_decoder(
         io_dtype={"FLOAT": "float32", "FLOAT16": "float16", "BFLOAT16": "bfloat16"}[model.io_dtype.name],
         hidden_size=model.hidden_size,
         stream_width=model.stream_width,
-        deepstack_layers=deepstack_layers,
+        deepstack_layers=model.deepstack_layers,
         num_layers=model.num_layers,
-        apply_deepstack=deepstack,
     )
     if build.path.name != io_spec.DECODER_FILENAME:
         log.warning("decoder written as %s, not %s (extra option filename)", build.path.name, io_spec.DECODER_FILENAME)
     log.info(
         "decoder %s: %s io, %d layers, inputs_embeds width %d = (1 + %d) x %d, DeepStack %s",
-        build.path, build.io_dtype, build.num_layers, build.stream_width, deepstack_layers, build.hidden_size,
+        build.path, build.io_dtype, build.num_layers, build.stream_width, build.deepstack_layers, build.hidden_size,
         "on" if deepstack else "OFF",
     )
+    return build
+
+
+# Checkpoints at least this large build the decoder in a child process: og's builder keeps the whole
+# HF model and its quantized copies, and glibc does not give that memory back to the OS, so in-process
+# the embeddings and vision exports would stack on top of it. Small checkpoints stay in-process, where a
+# child's start-up (re-importing torch and og, seconds) would dominate.
+ISOLATE_DECODER_BYTES = 1 << 30
+
+
+def checkpoint_bytes(ckpt: Checkpoint) -> int:
+    return sum(p.stat().st_size for p in {info.file for info in ckpt.tensors.values()})
+
+
+def spills_float_decoder(ckpt: Checkpoint, plan: BuildPlan) -> bool:
+    """Whether the int4 build saves a float copy of the decoder before quantizing (spill.py), for the disk estimate."""
+    return plan.precision == "int4" and checkpoint_bytes(ckpt) >= ISOLATE_DECODER_BYTES
+
+
+def decoder_step(ckpt: Checkpoint, plan: BuildPlan, options: BuildOptions, out: Path) -> DecoderBuild:
+    """model.onnx for the bundle build, following ``plan``."""
+    large = checkpoint_bytes(ckpt) >= ISOLATE_DECODER_BYTES
+    kwargs = dict(
+        input_dir=ckpt.folder, output_dir=out, precision=plan.precision,
+        execution_provider=plan.execution_provider, cache_dir=options.cache_dir,
+        extra_options=dict(plan.og_extra_options), deepstack=plan.apply_deepstack,
+        spill_before_quantizing=large,
+    )
+    build = run_in_child(build_decoder, kwargs, verbose=options.verbose) if large else build_decoder(**kwargs)
+    plan.check_decoder(build)
     return build

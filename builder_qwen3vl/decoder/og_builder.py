@@ -25,6 +25,9 @@ OG_MODEL_TYPE = "qwen3_vl"  # what onnxruntime-genai 0.18 accepts; og's builder 
 QWEN3_VL_ARCHITECTURE = "Qwen3VLForConditionalGeneration"
 # og's help text calls these "deprecated aliases that still work", but og 0.18 reads only the
 # unprefixed names: an int4_* key would be silently ignored, so we translate it.
+# og builder keys whose default we change: prefill computes the lm_head for the last position only
+# (og 0.18's runtime reads the [B, 1, V] logits); prune_lm_head=false gives logits for every position.
+OG_OPTION_DEFAULTS = {"prune_lm_head": "true"}
 OG_INT4_ALIASES = ("accuracy_level", "algo_config", "block_size", "is_symmetric", "nodes_to_exclude", "op_types_to_quantize")
 
 
@@ -110,8 +113,6 @@ def og_output_to_debug_log() -> Iterator[None]:
 
 def given_options_text(extra_options: dict[str, Any]) -> str:
     """The options as the user gave them: our defaults for og's keys (options.OG_OPTION_DEFAULTS) left out."""
-    from .options import OG_OPTION_DEFAULTS
-
     given = {k: v for k, v in extra_options.items() if OG_OPTION_DEFAULTS.get(k) != v}
     return " ".join(og_option_strings(given)) or "none"
 

@@ -1,0 +1,9 @@
+"""model.onnx: og's Qwen3-VL text decoder with a (1 + D) * H wide input and the DeepStack adds.
+
+``build.py`` drives og's builder, ``model.py`` is the subclass, ``og_builder.py`` reads og as a library,
+``spill.py`` / ``child_process.py`` bound the build's memory, ``repeat_kv_fix.py`` patches og's fp16 graph.
+"""
+
+from .build import DecoderBuild, build_decoder, decoder_step
+
+__all__ = ["DecoderBuild", "build_decoder", "decoder_step"]
