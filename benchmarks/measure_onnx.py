@@ -99,7 +99,7 @@ def vision_variants(settings: Settings) -> dict[str, Any]:
     """
     import torch
 
-    from builder_qwen3vl.build import load_hf_visual
+    from builder_qwen3vl.vision.load import load_hf_visual
     from builder_qwen3vl.checkpoint import read_checkpoint
     from builder_qwen3vl.vision import export_vision_encoder
     torch.set_num_threads(settings.threads)

@@ -1,7 +1,9 @@
 """BuildOptions: the public, typed form of the command line.
 
-``--extra_options`` keep og's builder spelling (``KEY=VALUE``); keys the og builder knows pass
-through to it, keys listed in ``OWN_EXTRA_OPTIONS`` are ours, anything else is rejected.
+The project's own knobs are typed fields. og builder keys keep og's spelling (``KEY=VALUE``) and pass
+through in ``extra_options``, with og's deprecated ``int4_*`` aliases translated here, once. The CLI's
+``--extra_options`` may also carry our own keys (as og's builder users expect); they move into the typed
+fields. Each value is checked here; how values combine (precision x EP x formats) is ``plan.make_plan``'s.
 """
 
 from __future__ import annotations
@@ -10,28 +12,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .decoder.og_builder import OG_OPTION_DEFAULTS
+from .decoder.og_builder import OG_OPTION_DEFAULTS, og_extra_option_keys, translate_int4_aliases
+from .embeddings import EMBEDDINGS_PRECISIONS
 from .errors import InputError
+from .vision.formats import WEIGHT_FORMATS
 
 PRECISIONS = ("fp32", "fp16", "int4")
 EXECUTION_PROVIDERS = ("cpu", "cuda", "dml", "webgpu")
 
-# Our own keys, with the values each accepts (None: free-form).
+# Our own keys as --extra_options spells them: the values each accepts (None: an integer, smallest value given).
 OWN_EXTRA_OPTIONS: dict[str, tuple[str, ...] | None] = {
-    # Precision of the vision tower's linear weights; default depends on -p (see docs/vision_encoder.md).
-    "vision_precision": ("fp32", "fp16", "int8", "int4", "qint8", "quint8"),
-    # Precision of the embedding table; default follows -p.
-    "embeddings_precision": ("fp32", "fp16", "int4"),
+    "vision_precision": WEIGHT_FORMATS,  # the vision tower's linear weights (docs/vision_encoder.md)
+    "embeddings_precision": EMBEDDINGS_PRECISIONS,  # the embedding table
     # Run-time defaults written into genai_config.json (docs/bundle.md): intra-op threads of each of the
     # three sessions (0: onnxruntime's default, every physical core) and search.max_length.
     "intra_op_num_threads": None,
     "max_length": None,
 }
-# og's own default gives each session hardware_concurrency()/2 threads: one on a 2-core VM without SMT.
-DEFAULT_INTRA_OP_NUM_THREADS = 0
-# onnxruntime's dynamic quantization (vision weights): fp32 graphs and CPU kernels only.
-DYNAMIC_VISION_WEIGHTS = ("qint8", "quint8")
-_INTEGER_OPTIONS = {"intra_op_num_threads": 0, "max_length": 1}  # key: smallest value allowed
+_INTEGER_MINIMUM = {"intra_op_num_threads": 0, "max_length": 1}
 
 # Keys we set ourselves; a user may not override them because the bundle contract depends on them.
 RESERVED_EXTRA_OPTIONS = (
@@ -40,15 +38,8 @@ RESERVED_EXTRA_OPTIONS = (
 )
 
 
-def og_extra_options() -> tuple[str, ...]:
-    """The installed og builder's own keys (read from its source; imports og lazily)."""
-    from .decoder.og_builder import og_extra_option_keys
-
-    return og_extra_option_keys()
-
-
 def known_extra_options() -> list[str]:
-    return sorted((set(OWN_EXTRA_OPTIONS) | set(og_extra_options())) - set(RESERVED_EXTRA_OPTIONS))
+    return sorted((set(OWN_EXTRA_OPTIONS) | set(og_extra_option_keys())) - set(RESERVED_EXTRA_OPTIONS))
 
 
 def parse_extra_options(items: list[str] | None) -> dict[str, str]:
@@ -63,54 +54,23 @@ def parse_extra_options(items: list[str] | None) -> dict[str, str]:
             if not sep or not key or not value.strip():
                 raise InputError(f"--extra_options: '{part}' is not KEY=VALUE")
             options[key] = value.strip()
-    validate_extra_options(options)
+    for key, value in options.items():
+        _check_key(key, value)
     return options
 
 
-def validate_extra_options(options: dict[str, Any]) -> None:
-    if not options:
-        return
-    known = set(known_extra_options())
-    for key, value in options.items():
-        if key in RESERVED_EXTRA_OPTIONS:
-            raise InputError(f"--extra_options: '{key}' is set by builder_qwen3vl and cannot be overridden")
-        if key not in known:
-            raise InputError(f"--extra_options: unknown key '{key}'; known keys: {', '.join(known_extra_options())}")
-        allowed = OWN_EXTRA_OPTIONS.get(key)
-        if allowed is not None and str(value).lower() not in allowed:
-            raise InputError(f"--extra_options: {key}={value} is not one of {', '.join(allowed)}")
-        if key in _INTEGER_OPTIONS:
-            low = _INTEGER_OPTIONS[key]
-            if not str(value).strip().isdigit() or int(value) < low:
-                raise InputError(f"--extra_options: {key}={value} is not an integer >= {low}")
-
-
-def validate_combination(precision: str, execution_provider: str, extra_options: dict[str, Any]) -> None:
-    """Reject precision / EP / extra-option combinations the bundle cannot honour, before any work starts.
-
-    og's builder accepts every -p fp32|fp16|int4 x -e cpu|cuda|dml|webgpu pair; what we cannot serve is a
-    bfloat16 decoder io (og's rule, e.g. use_cuda_bf16) and dynamic int8 vision weights in a float16 bundle.
-    """
-    from .decoder.og_builder import og_io_dtype, translate_int4_aliases
-
-    try:
-        og_options = translate_int4_aliases({k: v for k, v in extra_options.items() if k not in OWN_EXTRA_OPTIONS})
-    except ValueError as e:
-        raise InputError(f"--extra_options: {e}") from e
-    try:
-        io_dtype = og_io_dtype(precision, execution_provider, og_options)
-    except ValueError as e:  # og's normalize_bool on e.g. use_cuda_bf16=maybe
-        raise InputError(f"--extra_options: {e}") from e
-    if io_dtype == "bfloat16":
-        given = " ".join(f"{k}={v}" for k, v in extra_options.items() if "bf16" in k) or f"-p {precision}"
-        raise InputError(
-            f"--extra_options {given}: bfloat16 inputs/outputs are not supported "
-            "(embeddings.onnx and vision_encoder.onnx are float32 or float16); expected use_cuda_bf16=false"
-        )
-    vision = str(extra_options.get("vision_precision", "")).lower()
-    if io_dtype == "float16" and vision in DYNAMIC_VISION_WEIGHTS:
-        raise InputError(f"--extra_options vision_precision={vision}: needs a float32 bundle (-p fp32, or -p int4 -e cpu); "
-                         f"-p {precision} -e {execution_provider} gives float16")
+def _check_key(key: str, value: Any) -> None:
+    if key in RESERVED_EXTRA_OPTIONS:
+        raise InputError(f"--extra_options: '{key}' is set by builder_qwen3vl and cannot be overridden")
+    if key not in OWN_EXTRA_OPTIONS and key not in og_extra_option_keys():
+        raise InputError(f"--extra_options: unknown key '{key}'; known keys: {', '.join(known_extra_options())}")
+    allowed = OWN_EXTRA_OPTIONS.get(key)
+    if allowed is not None and str(value).lower() not in allowed:
+        raise InputError(f"--extra_options: {key}={value} is not one of {', '.join(allowed)}")
+    if key in _INTEGER_MINIMUM:
+        low = _INTEGER_MINIMUM[key]
+        if not str(value).strip().isdigit() or int(value) < low:
+            raise InputError(f"--extra_options: {key}={value} is not an integer >= {low}")
 
 
 @dataclass
@@ -122,7 +82,11 @@ class BuildOptions:
     precision: str = "int4"
     execution_provider: str = "cpu"
     cache_dir: Path | None = None
-    extra_options: dict[str, str] = field(default_factory=dict)
+    vision_precision: str | None = None  # None: the plan's default for -p and the graph dtype
+    embeddings_precision: str | None = None  # None: follows -p
+    intra_op_num_threads: int | None = None  # None: 0, every physical core
+    max_length: int | None = None  # None: plan.DEFAULT_MAX_LENGTH, capped by the context length
+    extra_options: dict[str, Any] = field(default_factory=dict)  # og builder keys; after init: og's spelling
     overwrite: bool = False
     verbose: bool = False
     # Testing aid, Python API only: False builds a decoder that ignores the DeepStack columns (parity must fail).
@@ -139,14 +103,29 @@ class BuildOptions:
             raise InputError(
                 f"-e/--execution_provider: '{self.execution_provider}' is not one of {', '.join(EXECUTION_PROVIDERS)}"
             )
-        validate_extra_options(self.extra_options)
-        validate_combination(self.precision, self.execution_provider, self.extra_options)
+        og_options = {}
+        for key, value in self.extra_options.items():
+            _check_key(key, value)
+            if key in OWN_EXTRA_OPTIONS:
+                self._set_own(key, value)
+            else:
+                og_options[key] = value
+        for key in OWN_EXTRA_OPTIONS:
+            if (value := getattr(self, key)) is not None:
+                _check_key(key, value)
+        try:
+            self.extra_options = translate_int4_aliases(og_options)
+        except ValueError as e:
+            raise InputError(f"--extra_options: {e}") from e
 
-    def own_option(self, key: str, default: str) -> str:
-        return str(self.extra_options.get(key, default)).lower()
+    def _set_own(self, key: str, value: Any) -> None:
+        typed = int(value) if key in _INTEGER_MINIMUM else str(value).lower()
+        given = getattr(self, key)
+        if given is not None and given != typed:
+            raise InputError(f"--extra_options {key}={value}: conflicts with {key}={given} given as a BuildOptions field")
+        setattr(self, key, typed)
 
     @property
-    def og_extra_options(self) -> dict[str, str]:
-        """The extra options that pass through to the og builder, over our defaults for og's keys."""
-        given = {k: v for k, v in self.extra_options.items() if k not in OWN_EXTRA_OPTIONS}
-        return {**OG_OPTION_DEFAULTS, **given}
+    def og_extra_options(self) -> dict[str, Any]:
+        """What the og builder receives: the user's og keys over our defaults for og's keys."""
+        return {**OG_OPTION_DEFAULTS, **self.extra_options}

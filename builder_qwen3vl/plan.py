@@ -11,24 +11,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .decoder.og_builder import og_io_dtype
 from .errors import InputError
-from .options import DEFAULT_INTRA_OP_NUM_THREADS, BuildOptions
+from .options import BuildOptions
+from .vision.formats import resolve_vision_format
 
 if TYPE_CHECKING:
     from .config import Qwen3VLConfig
     from .decoder import DecoderBuild
 
-# Vision weights for -p int4 on CPU: onnxruntime's dynamic int8 quantization (s8 per-channel weights,
-# int8 x int8 kernels), measured at the 2B shape on 2 cores (docs/benchmarks.md): 1.76x / 1.60x HF fp32's
-# patches/s at 448x448 / 1000x667, cosine 0.99952 vs HF fp32; int8 MatMulNBits ran at 0.83x / 0.97x.
-# Dynamic quantization needs an fp32 graph and onnxruntime's CPU kernels, so a float16 bundle (og's io
-# dtype for int4 on CUDA, DML, WebGPU) keeps int8 MatMulNBits.
-DEFAULT_VISION_WEIGHTS = {"fp32": "fp32", "fp16": "fp16", "int4": "qint8"}
-DEFAULT_VISION_WEIGHTS_FP16_GRAPH = {"fp32": "fp16", "fp16": "fp16", "int4": "int8"}
 # og sizes the shared KV buffer by search.max_length at every generator: context_length (262,144) would be
 # 60 GB of float32 KV for 2B. 8,192 positions: 1.75 GiB for 2B, 2.25 GiB for 4B and 8B (229,376 and 294,912
 # bytes per position). A request that needs more sets its own max_length.
 DEFAULT_MAX_LENGTH = 8192
+# og's own default gives each session hardware_concurrency()/2 threads: one on a 2-core VM without SMT.
+DEFAULT_INTRA_OP_NUM_THREADS = 0
 
 
 @dataclass(frozen=True)
@@ -72,18 +69,21 @@ def resolve_max_length(asked: int | None, cfg: Qwen3VLConfig) -> int:
 
 
 def make_plan(cfg: Qwen3VLConfig, options: BuildOptions, *, lm_head_is_table: bool | None = None) -> BuildPlan:
-    """``lm_head_is_table``: from the weights (weights.lm_head_is_table); None: what the config says."""
-    from .decoder.og_builder import og_io_dtype, translate_int4_aliases
-
-    # BuildOptions already refused bfloat16 io and dynamic vision weights in a float16 bundle.
-    io_dtype = og_io_dtype(options.precision, options.execution_provider, translate_int4_aliases(options.og_extra_options))
-    vision_dtype = "fp16" if io_dtype == "float16" else "fp32"
-    defaults = DEFAULT_VISION_WEIGHTS if vision_dtype == "fp32" else DEFAULT_VISION_WEIGHTS_FP16_GRAPH
-    vision_weights = options.own_option("vision_precision", defaults[options.precision])
-    if vision_dtype == "fp16" and vision_weights == "fp32":
-        vision_weights = "fp16"  # an fp16 graph cannot hold fp32 weights
-    asked_threads = options.extra_options.get("intra_op_num_threads")
-    asked_length = options.extra_options.get("max_length")
+    """Every default and every combination rule of one build; ``lm_head_is_table``: from the weights
+    (weights.lm_head_is_table), None: what the config says. Raises InputError before any work."""
+    where = f"-p {options.precision} -e {options.execution_provider}"
+    try:
+        io_dtype = og_io_dtype(options.precision, options.execution_provider, options.og_extra_options)
+    except ValueError as e:  # og's normalize_bool on e.g. use_cuda_bf16=maybe
+        raise InputError(f"--extra_options: {e}") from e
+    if io_dtype == "bfloat16":
+        given = " ".join(f"{k}={v}" for k, v in options.extra_options.items() if "bf16" in k) or where
+        raise InputError(
+            f"--extra_options {given}: bfloat16 inputs/outputs are not supported "
+            "(embeddings.onnx and vision_encoder.onnx are float32 or float16); expected use_cuda_bf16=false"
+        )
+    vision_dtype, vision_weights = resolve_vision_format(options.precision, io_dtype, options.vision_precision, where)
+    threads = options.intra_op_num_threads
     return BuildPlan(
         D=cfg.num_deepstack,
         H=cfg.text.hidden_size,
@@ -91,12 +91,12 @@ def make_plan(cfg: Qwen3VLConfig, options: BuildOptions, *, lm_head_is_table: bo
         precision=options.precision,
         execution_provider=options.execution_provider,
         io_dtype=io_dtype,
-        embeddings_precision=options.own_option("embeddings_precision", options.precision),
+        embeddings_precision=options.embeddings_precision or options.precision,
         vision_dtype=vision_dtype,
         vision_weights=vision_weights,
         lm_head_is_table=cfg.text.tie_word_embeddings if lm_head_is_table is None else lm_head_is_table,
         og_extra_options=tuple(options.og_extra_options.items()),
         apply_deepstack=options.apply_deepstack,
-        intra_op_num_threads=DEFAULT_INTRA_OP_NUM_THREADS if asked_threads is None else int(asked_threads),
-        max_length=resolve_max_length(None if asked_length is None else int(asked_length), cfg),
+        intra_op_num_threads=DEFAULT_INTRA_OP_NUM_THREADS if threads is None else threads,
+        max_length=resolve_max_length(options.max_length, cfg),
     )

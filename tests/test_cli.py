@@ -70,7 +70,15 @@ def test_build_options_validate() -> None:
     with pytest.raises(InputError, match="-e/--execution_provider: 'tpu'"):
         BuildOptions(input=Path("a"), output=Path("b"), execution_provider="tpu")
     opts = BuildOptions(input="a", output="b", extra_options={"int4_block_size": "64", "vision_precision": "fp16"})
-    assert opts.og_extra_options == {"prune_lm_head": "true", "int4_block_size": "64"}  # our default for og's key
+    # our own key became its typed field; og's int4_* alias reaches og as the name og 0.18 reads
+    assert opts.vision_precision == "fp16"
+    assert opts.og_extra_options == {"prune_lm_head": "true", "block_size": "64"}  # our default for og's key
+    typed = BuildOptions(input="a", output="b", vision_precision="qint8", max_length=512)
+    assert (typed.vision_precision, typed.max_length, typed.extra_options) == ("qint8", 512, {})
+    with pytest.raises(InputError, match="vision_precision=int2 is not one of"):
+        BuildOptions(input="a", output="b", vision_precision="int2")
+    with pytest.raises(InputError, match="max_length=16: conflicts with max_length=512"):
+        BuildOptions(input="a", output="b", max_length=512, extra_options={"max_length": "16"})
     given = BuildOptions(input="a", output="b", extra_options={"prune_lm_head": "false"})
     assert given.og_extra_options == {"prune_lm_head": "false"}
     assert "int4_block_size" in known_extra_options()

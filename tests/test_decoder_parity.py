@@ -17,6 +17,8 @@ import pytest
 
 from builder_qwen3vl.decoder import build as dec
 from builder_qwen3vl.decoder import og_builder
+from builder_qwen3vl.errors import InputError
+from builder_qwen3vl.options import BuildOptions
 from compare import cosine_and_top1, max_abs_diff
 from compare import load_hf_model as load_hf
 from text_helpers import NUM_LAYERS, hf_logits, make_steps, ort_logits, write_text_checkpoint
@@ -96,7 +98,8 @@ def test_5x_config_format_builds_the_same_decoder(fp32_build, steps, tmp_path_fa
 def test_reduced_precision_smoke(ckpt, steps, hf_ref, tmp_path: Path, precision: str, min_cosine: float) -> None:
     # og's deprecated int4_* spelling: must reach og as block_size / accuracy_level (checked below).
     extra = {"int4_block_size": 64, "int4_accuracy_level": 4} if precision == "int4" else {}
-    build = dec.build_decoder(ckpt, tmp_path, precision, extra_options=extra)
+    og_options = BuildOptions(input=ckpt, output=tmp_path, precision=precision, extra_options=extra).extra_options
+    build = dec.build_decoder(ckpt, tmp_path, precision, extra_options=og_options)
     got = _run(build, steps)
     cosine, top1 = cosine_and_top1(hf_ref, got)
     print(f"{precision} DeepStack decoder ({build.io_dtype} io) vs HF fp32: mean cosine {cosine:.5f}, top-1 agreement {top1:.2f}, "
@@ -136,13 +139,13 @@ def test_spilling_is_skipped_where_the_quantizer_cannot_read_spilled_weights(ckp
 
 
 def test_int4_aliases_translate_and_reject_conflicts() -> None:
-    assert dec.translate_int4_aliases({"int4_block_size": "64", "fuse_qkv": "false"}) == {"block_size": "64", "fuse_qkv": "false"}
+    assert og_builder.translate_int4_aliases({"int4_block_size": "64", "fuse_qkv": "false"}) == {"block_size": "64", "fuse_qkv": "false"}
     with pytest.raises(ValueError, match="int4_block_size=64 conflicts with block_size=128"):
-        dec.translate_int4_aliases({"int4_block_size": "64", "block_size": "128"})
+        og_builder.translate_int4_aliases({"int4_block_size": "64", "block_size": "128"})
 
 
 def test_build_decoder_rejects_exclude_embeds_false(ckpt, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="exclude_embeds"):
+    with pytest.raises(InputError, match="exclude_embeds must be true"):
         dec.build_decoder(ckpt, tmp_path, "fp32", extra_options={"exclude_embeds": "false"})
 
 

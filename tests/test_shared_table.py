@@ -16,7 +16,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from builder_qwen3vl.embeddings import export_embeddings
-from builder_qwen3vl.shared_table import find_shared_int4_table
+from builder_qwen3vl.embeddings.shared_table import find_shared_int4_table
 from quant_bounds import rtn_error_bound
 
 VOCAB, HIDDEN, IMAGE_TOKEN_ID, DEEPSTACK = 600, 64, 599, 2

@@ -22,7 +22,7 @@ from .. import io_spec
 from ..errors import InputError
 from .child_process import run_in_child
 from .og_builder import (QWEN3_VL_ARCHITECTURE, given_options_text, og_builder, og_option_strings,
-                         og_output_to_debug_log, stamp_with_package_commit, translate_int4_aliases)
+                         og_output_to_debug_log, stamp_with_package_commit)
 from .repeat_kv_fix import drop_repeat_kv_shape_labels
 
 if TYPE_CHECKING:
@@ -58,16 +58,13 @@ def build_decoder(
 ) -> DecoderBuild:
     """Build model.onnx (+ model.onnx.data) into ``output_dir``.
 
-    ``extra_options`` use og's names (``block_size``, ``accuracy_level``, ...; ``int4_*`` aliases are
-    translated). ``deepstack=False`` builds the same wide-input graph without the DeepStack adds
+    ``extra_options`` use og 0.18's names (``block_size``, ``accuracy_level``, ...; BuildOptions translates
+    og's deprecated ``int4_*`` aliases). ``deepstack=False`` builds the same wide-input graph without the DeepStack adds
     (a testing aid: parity against HF must then fail). ``spill_before_quantizing`` trades a temporary
     float copy on disk (inside ``output_dir``) for peak memory during quantization (``spill_to_disk``).
     """
     builder = og_builder()
-    options = translate_int4_aliases(extra_options or {})
-    if str(options.get("exclude_embeds", "true")).lower() not in ("true", "1"):
-        raise ValueError("extra option exclude_embeds: the DeepStack decoder needs exclude_embeds=true")
-    options["exclude_embeds"] = "true"
+    options = {"exclude_embeds": "true", **(extra_options or {})}  # the DeepStack class refuses any other value
     input_dir, output_dir = str(input_dir), str(output_dir)
     with contextlib.ExitStack() as stack:
         if cache_dir is None:

@@ -1,9 +1,10 @@
 """Export the Qwen3-VL vision encoder (with DeepStack) to one ONNX file that serves every grid.
 
 Pipeline: ``torch.onnx.export(dynamo=True)`` of ``Qwen3VLVisionExportModule`` -> rename the
-symbolic dims -> turn weight Gemms into MatMul+Add (the weight quantizer and ORT's MatMul
-kernels want MatMul) -> optional weight storage change (fp16 / int8 / int4 via onnxruntime's
-``MatMulNBitsQuantizer``) -> save, with weights in ``<file>.data`` when the model is > 2 GB.
+symbolic dims -> turn weight Gemms into MatMul+Add (the weight quantizers and ORT's MatMul
+kernels want MatMul) -> the weight format (quantize.py) -> save, with weights in ``<file>.data``
+when the model is > 2 GB. Which dtype and format to use is the build plan's decision
+(formats.resolve_vision_format); this module does what it is told.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from ..errors import InputError
 from ..io_spec import VISION
+from .formats import DYNAMIC_FORMATS
 from .model import Qwen3VLVisionExportModule
+from .quantize import quantize_dynamic, quantize_matmul_weights, store_matmul_weights_fp16
 
 logger = logging.getLogger(__name__)
 
@@ -34,12 +36,6 @@ _EXTERNAL_DATA_THRESHOLD = 2_000_000_000
 
 Dtype = Literal["fp32", "fp16"]
 WeightFormat = Literal["fp32", "fp16", "int8", "int4", "qint8", "quint8"]
-# onnxruntime's dynamic quantization: int8 weights (per output channel) and activations quantized at run time,
-# int8 x int8 MatMul kernels (MatMulInteger / DynamicQuantizeMatMul) instead of MatMulNBits' dequantize + fp32.
-DYNAMIC_FORMATS = {"qint8": "QInt8", "quint8": "QUInt8"}
-
-
-
 _TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
 
@@ -66,14 +62,6 @@ def export_vision_encoder(
     width: the W = (1 + D) * H the bundle's other models expect of image_features; checked if given.
     """
     weights = weights or dtype
-    if dtype not in _TORCH_DTYPES:
-        raise InputError(f"dtype: expected 'fp32' or 'fp16', got {dtype!r}")
-    if weights not in ("fp32", "fp16", "int8", "int4", *DYNAMIC_FORMATS):
-        raise InputError(f"weights: expected 'fp32', 'fp16', 'int8', 'int4', 'qint8' or 'quint8', got {weights!r}")
-    if dtype == "fp16" and weights in DYNAMIC_FORMATS:
-        raise InputError(f"weights: '{weights}' needs dtype 'fp32' (dynamic quantization of an fp32 graph)")
-    if dtype == "fp16" and weights == "fp32":
-        raise InputError("weights: 'fp32' weights need dtype 'fp32' (an fp16 graph cannot hold fp32 weights)")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -82,12 +70,12 @@ def export_vision_encoder(
     _check_width(model, width)
     _gemm_to_matmul(model)
     if weights == "fp16" and dtype == "fp32":
-        _store_matmul_weights_fp16(model)
+        store_matmul_weights_fp16(model)
     elif weights in ("int8", "int4"):
-        model = _quantize_matmul_weights(model, bits=8 if weights == "int8" else 4, block_size=block_size,
-                                         accuracy_level=accuracy_level)
+        model = quantize_matmul_weights(model, bits=8 if weights == "int8" else 4, block_size=block_size,
+                                        accuracy_level=accuracy_level)
     elif weights in DYNAMIC_FORMATS:
-        model = _quantize_dynamic(model, DYNAMIC_FORMATS[weights])
+        model = quantize_dynamic(model, DYNAMIC_FORMATS[weights])
     _save(model, path)
     return path
 
@@ -174,50 +162,6 @@ def _drop_unused_initializers(model: onnx.ModelProto) -> None:
     keep = [init for init in model.graph.initializer if init.name in used]
     del model.graph.initializer[:]
     model.graph.initializer.extend(keep)
-
-
-def _store_matmul_weights_fp16(model: onnx.ModelProto) -> None:
-    """Store fp32 MatMul weights as fp16 behind a Cast back to fp32 (half the file, same graph dtype)."""
-    inits = _initializers(model)
-    cast_nodes: list[onnx.NodeProto] = []
-    done: set[str] = set()
-    for node in model.graph.node:
-        name = node.input[1] if node.op_type == "MatMul" else None
-        if name is None or name not in inits or name in done or inits[name].data_type != TensorProto.FLOAT:
-            continue
-        half = numpy_helper.from_array(numpy_helper.to_array(inits[name]).astype(np.float16), name + "_fp16")
-        model.graph.initializer.append(half)
-        cast_nodes.append(helper.make_node("Cast", [half.name], [name], name=name + "_Cast", to=TensorProto.FLOAT))
-        done.add(name)
-    keep = [init for init in model.graph.initializer if init.name not in done]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep)
-    # Casts of constants have no inputs from the graph, so putting them first keeps topological order.
-    nodes = cast_nodes + list(model.graph.node)
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-
-
-def _quantize_matmul_weights(
-    model: onnx.ModelProto, *, bits: int, block_size: int, accuracy_level: int | None
-) -> onnx.ModelProto:
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-    quantizer = MatMulNBitsQuantizer(
-        model, bits=bits, block_size=block_size, is_symmetric=False, accuracy_level=accuracy_level
-    )
-    quantizer.process()
-    return quantizer.model.model
-
-
-def _quantize_dynamic(model: onnx.ModelProto, weight_type: str) -> onnx.ModelProto:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "quantized.onnx"
-        quantize_dynamic(model, out, op_types_to_quantize=["MatMul"], per_channel=True,
-                         weight_type=getattr(QuantType, weight_type), use_external_data_format=True)
-        return onnx.load(str(out), load_external_data=True)
 
 
 def _save(model: onnx.ModelProto, path: Path) -> None:

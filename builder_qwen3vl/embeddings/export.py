@@ -1,0 +1,153 @@
+"""embeddings.onnx: token embedding lookup plus image-feature placement on the wide DeepStack stream.
+
+Output row for token t (width W = (1 + D) * H):
+- text token: ``[embed_tokens(id) | 0 | ... | 0]``
+- image token (id == image_token_id): the next unused row of ``image_features``, in row-major
+  (batch, sequence) order, i.e. HF's ``masked_scatter`` placement.
+
+onnxruntime-genai runs this model at every step, and on decode steps it passes ``image_features``
+with 0 rows, so nothing here may index ``image_features`` unless an image token asks for it.
+The trick: prepend one zero row to ``image_features`` and gather row ``cumsum(is_image)`` for image
+tokens and row 0 for text tokens. More image tokens than feature rows makes the Gather index run
+past the end, which onnxruntime reports as an error instead of silently reusing a row.
+
+int4: the graph is first built with a plain float Gather on the table, then onnxruntime's own
+weight-only quantizer (``MatMulNBitsQuantizer``, round-to-nearest, blocks along H) turns that one
+node into the ``GatherBlockQuantized`` contrib op, which dequantizes only the gathered rows.
+
+int4 with a tied table (2B, 4B): the decoder's lm_head already holds the same table in int4
+(``MatMulNBits``: uint8 [V, H/block, block/2] codes with an implicit zero point of 8, scales
+[V, H/block]), which is exactly the layout ``GatherBlockQuantized`` reads with uint8 data. Then
+embeddings.onnx quantizes nothing: its two table initializers point into ``model.onnx.data`` at the
+lm_head's offsets (og's own ``shared_embeddings`` option wires the same tensors inside one graph;
+our decoder excludes the embeddings, so the sharing crosses files). 2B: 195 MB less on disk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+import torch
+
+from . import EMBEDDINGS_PRECISIONS
+from .graph import build_model, float_lookup, float_table
+from .int4 import check_block_size, measure_int4_error, quantize_table_gather
+from .shared_table import SharedInt4Table, shared_lookup
+
+log = logging.getLogger(__name__)
+
+IO_DTYPES = {"float32": (ir.DataType.FLOAT, np.float32), "float16": (ir.DataType.FLOAT16, np.float16)}
+# int4 RTN of a Gaussian table gives ~0.09 relative RMS error; an untied or mis-read table gives ~1.4.
+INT4_MAX_REL_RMS = 0.25
+
+
+@dataclass(frozen=True)
+class EmbeddingsExport:
+    path: Path
+    precision: str
+    io_dtype: str  # "float32" or "float16": dtype of image_features and inputs_embeds
+    hidden_size: int  # H
+    width: int  # (1 + D) * H, the last dim of image_features and inputs_embeds
+    int4_max_abs_error: float | None = None  # max |embeddings.onnx text row - float table row| over the rows run
+    int4_rel_rms_error: float | None = None  # ||error||_2 / ||float rows||_2 over the same rows
+    int4_error_rows: int | None = None  # how many table rows the two figures above cover
+
+
+def export_embeddings(
+    embed_weight: torch.Tensor,
+    image_token_id: int,
+    deepstack_layers: int,
+    path: str | Path,
+    precision: str = "fp32",
+    *,
+    io_dtype: str | None = None,
+    block_size: int = 32,
+    is_symmetric: bool = True,
+    shared_table: SharedInt4Table | None = None,
+) -> EmbeddingsExport:
+    """Write embeddings.onnx (+ embeddings.onnx.data) for the [V, H] table ``embed_weight``.
+
+    ``deepstack_layers`` is D: inputs_embeds and image_features are (1 + D) * H wide.
+    ``io_dtype`` ("float32"/"float16") must match the decoder's (the build plan's); default: float16 for an
+    fp16 table, else float32.
+    ``block_size`` and ``is_symmetric`` (og's names) only apply to int4.
+    ``shared_table``: int4 only; read the decoder's tied lm_head in place instead of quantizing
+    ``embed_weight`` (which is then only the reference the written graph is checked against).
+    """
+    if precision not in EMBEDDINGS_PRECISIONS:
+        raise ValueError(f"precision: '{precision}' is not one of {', '.join(EMBEDDINGS_PRECISIONS)}")
+    io_dtype = io_dtype or ("float16" if precision == "fp16" else "float32")
+    if io_dtype not in IO_DTYPES:
+        raise ValueError(f"io_dtype: '{io_dtype}' is not one of {', '.join(IO_DTYPES)}")
+    if embed_weight.dim() != 2:
+        raise ValueError(f"embed_weight: expected a [vocab, hidden] table, got shape {list(embed_weight.shape)}")
+    if deepstack_layers < 0:
+        raise ValueError(f"deepstack_layers: expected >= 0, got {deepstack_layers}")
+    vocab, hidden = embed_weight.shape
+    if not 0 <= image_token_id < vocab:
+        raise ValueError(f"image_token_id: {image_token_id} is outside the vocabulary [0, {vocab})")
+    if precision == "int4":
+        check_block_size(block_size)
+    width = (1 + deepstack_layers) * hidden
+    ir_dtype, np_dtype = IO_DTYPES[io_dtype]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    if precision == "int4" and shared_table is not None:
+        if (shared_table.vocab, shared_table.hidden) != (vocab, hidden):
+            raise ValueError(f"shared_table: lm_head is {shared_table.vocab} x {shared_table.hidden}, table {vocab} x {hidden}")
+        if shared_table.scales_dtype != ir_dtype:
+            raise ValueError(f"shared_table: lm_head scales are {shared_table.scales_dtype.name}, io dtype is {io_dtype}")
+        if path.parent.resolve() != shared_table.folder.resolve():
+            raise ValueError(f"shared_table: {path} must be written beside the decoder in {shared_table.folder}")
+        block_size, is_symmetric = shared_table.block_size, True
+        model = build_model(shared_lookup(shared_table, path.parent), hidden, width, image_token_id, ir_dtype, np_dtype)
+        path.with_name(path.name + ".data").unlink(missing_ok=True)  # a stale own table from an earlier export
+    elif precision == "int4":
+        # The quantizer works on a ModelProto: build the float graph in the io dtype (so scales and
+        # output need no Cast) and let the float model go as soon as it is serialized. Memory: the
+        # quantizer holds the table twice (proto bytes + its numpy copy) plus int8 codes; measured peak
+        # 3.3 GB above the caller's table for the 2B table (1.24 GB in float32), i.e. ~2.7x.
+        proto = ir.to_proto(build_model(float_lookup(float_table(embed_weight, np_dtype), ir_dtype),
+                                         hidden, width, image_token_id, ir_dtype, np_dtype))
+        start = time.perf_counter()
+        proto = quantize_table_gather(proto, block_size, is_symmetric)
+        log.info("embeddings int4: onnxruntime quantizer took %.1f s", time.perf_counter() - start)
+        model = ir.from_proto(proto)
+        del proto
+    else:
+        table_dtype = np.float16 if precision == "fp16" else np.float32
+        if table_dtype != np_dtype:  # e.g. an fp32 table on a float16 stream
+            log.warning("embeddings: %s table on a %s stream; the Gather output is cast", precision, io_dtype)
+        lookup = float_lookup(float_table(embed_weight, table_dtype), ir_dtype)
+        model = build_model(lookup, hidden, width, image_token_id, ir_dtype, np_dtype)
+    # Without an external_data argument onnx_ir keeps ExternalTensors as they are: the shared table stays
+    # a reference into the decoder's file.
+    ir.save(model, path, external_data=None if shared_table is not None else path.name + ".data")
+    del model
+    log.info("wrote %s (%s, width %d = (1 + %d) x %d)", path, precision, width, deepstack_layers, hidden)
+    export = EmbeddingsExport(path=path, precision=precision, io_dtype=io_dtype, hidden_size=hidden, width=width)
+    if precision != "int4":
+        return export
+    max_err, rel_rms, rows = measure_int4_error(path, embed_weight, image_token_id, width, np_dtype)
+    log.info(
+        "embeddings int4 (block %d, %s%s) vs the float table over %d of %d rows: max|err| %.3g, relative RMS err %.3g",
+        block_size, "symmetric" if is_symmetric else "asymmetric",
+        f", shared with the lm_head in {shared_table.location}" if shared_table else "", rows, vocab, max_err, rel_rms,
+    )
+    if rel_rms > INT4_MAX_REL_RMS:
+        path.unlink()
+        if shared_table is not None:
+            raise RuntimeError(
+                f"{path.name}: the lm_head in {shared_table.location} is not the embedding table in int4 "
+                f"(relative RMS error {rel_rms:.3g} > {INT4_MAX_REL_RMS}); is the checkpoint really tied?"
+            )
+        raise RuntimeError(f"{path.name}: int4 table's relative RMS error {rel_rms:.3g} > {INT4_MAX_REL_RMS} "
+                           f"(block {block_size}); onnxruntime's quantizer output is not the table")
+    return dataclasses.replace(export, int4_max_abs_error=max_err, int4_rel_rms_error=rel_rms, int4_error_rows=rows)
