@@ -7,14 +7,14 @@
 Each picture (the shapes task's sizes and colours, one shape, its centre at least 8 % of the width
 away from the middle) gets three questions in a shuffled multi-turn chat: "Is the shape in the left
 half?", "What colour is the shape?", "What shape is in the picture?". The model, encoder, batching and
-lr schedule are training.py's (the recipe's other values from train_config); every 20 steps the log
+lr schedule are tools/tiny_model's (the recipe's other values from train_config); every 20 steps the log
 prints the teacher-forced accuracy per question over its last 320 answers and the gradient norms
 reaching the vision position table and the patch embedding. ``--aux W`` adds the training-only vision
-head (training.VisionTokenHead) with weight W.
+head (vision_head.VisionTokenHead) with weight W.
 
 docs/trained_model.md quotes d0, d1 and d3 (d1 and d3 were stopped after steps 580 and 280). They ran with 4
 decoder layers, the default then; the script pins that. They ran an
-earlier copy of this script whose vision-head labels were an inline version of shapes_task.token_labels
+earlier copy of this script whose vision-head labels were an inline version of vision_head.token_labels
 (same rule, "more than 64 px" instead of ">= 1/16 of the token in 1/255 steps").
 """
 
@@ -25,16 +25,25 @@ import dataclasses
 import logging
 import random
 import shutil
+import sys
 import time
 from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw
 
-from builder_qwen3vl.testing import shapes_task as st
-from builder_qwen3vl.testing import training as tt
+from builder_qwen3vl.shipped import shapes_task as st
+from builder_qwen3vl.shipped.shapes_task import draw_shape
+from builder_qwen3vl.shipped.table import embedding_table
 from builder_qwen3vl.testing.checkpoints import write_checkpoint
-from builder_qwen3vl.testing.scenes import draw_shape
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))  # the training code is not in the wheel
+from tiny_model.dialogues import Dialogue  # noqa: E402
+from tiny_model.encoding import Encoder, collate  # noqa: E402
+from tiny_model.model_setup import model_config, write_preprocessor_config  # noqa: E402
+from tiny_model.train_config import DEFAULT_CONFIG  # noqa: E402
+from tiny_model.training import answer_loss, lr_at  # noqa: E402
+from tiny_model.vision_head import VisionTokenHead  # noqa: E402
 
 log = logging.getLogger("one_shape_diagnostic")
 DATA_SEED = 777  # a stream used by neither training nor evaluation
@@ -56,14 +65,14 @@ def scene(rng: random.Random) -> tuple[Image.Image, st.Shape]:
     return image, shape
 
 
-def dialogue(index: int) -> st.Dialogue:
+def dialogue(index: int) -> Dialogue:
     rng = random.Random(DATA_SEED * 1_000_003 + index)
     image, shape = scene(rng)
     turns = [("half", "Is the shape in the left half?", "yes" if shape.centre_x < image.size[0] / 2 else "no"),
              ("colour", "What colour is the shape?", shape.colour),
              ("name", "What shape is in the picture?", shape.kind)]
     rng.shuffle(turns)
-    return st.Dialogue(image, (shape,), tuple(turns))
+    return Dialogue(image, (shape,), tuple(turns))
 
 
 def main() -> None:
@@ -77,23 +86,23 @@ def main() -> None:
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
-    cfg = dataclasses.replace(tt.DEFAULT_CONFIG, steps=args.steps, vision_pos_embed_std=args.pos_std, learning_rate=args.lr,
+    cfg = dataclasses.replace(DEFAULT_CONFIG, steps=args.steps, vision_pos_embed_std=args.pos_std, learning_rate=args.lr,
                               num_hidden_layers=4)
     shutil.rmtree(args.out, ignore_errors=True)
-    write_checkpoint(args.out, tt.model_config(cfg), seed=0)
-    tt.write_preprocessor_config(args.out, cfg)
+    write_checkpoint(args.out, model_config(cfg), seed=0)
+    write_preprocessor_config(args.out, cfg)
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     from transformers import Qwen3VLForConditionalGeneration
 
     model = Qwen3VLForConditionalGeneration.from_pretrained(str(args.out), dtype=torch.float32, attn_implementation="eager")
     table = model.get_input_embeddings().weight
-    with torch.no_grad():  # as training.train
-        table.copy_(torch.from_numpy(tt.embedding_table(*table.shape, cfg.embedding_std, cfg.seed)))
+    with torch.no_grad():  # as model_setup.load_initial_model
+        table.copy_(torch.from_numpy(embedding_table(*table.shape, cfg.embedding_std, cfg.seed)))
         model.model.visual.pos_embed.weight.mul_(args.pos_std)
     table.requires_grad_(False)
-    encoder = tt.Encoder(args.out, cfg.min_pixels, cfg.max_pixels)
-    head = tt.VisionTokenHead(model) if args.aux else None
+    encoder = Encoder(args.out, cfg.min_pixels, cfg.max_pixels)
+    head = VisionTokenHead(model) if args.aux else None
     trainable = [q for q in model.parameters() if q.requires_grad] + (head.parameters() if head else [])
     optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     pos, patch = model.model.visual.pos_embed.weight, model.model.visual.patch_embed.proj.weight
@@ -104,8 +113,8 @@ def main() -> None:
         dialogues = [dialogue(step * cfg.batch_size + i) for i in range(cfg.batch_size)]
         examples, continuations, labels = (list(x) for x in zip(*map(encoder.encode_dialogue, dialogues)))
         for group in optimizer.param_groups:
-            group["lr"] = tt.lr_at(step, cfg)
-        loss, right = tt.answer_loss(model, tt.collate(examples, continuations, labels))
+            group["lr"] = lr_at(step, cfg)
+        loss, right = answer_loss(model, collate(examples, continuations, labels))
         for (kind, _, _), ok in zip((t for d in dialogues for t in d.turns), right):
             history.setdefault(kind, []).append(ok)
         head_text = ""

@@ -11,9 +11,11 @@ and a least-squares probe (x) are fitted on 70 % of the tokens and scored on the
 import sys, torch, random
 from pathlib import Path
 from PIL import Image, ImageDraw
-from builder_qwen3vl.testing import shapes_task, evaluate
-from builder_qwen3vl.testing.scenes import draw_shape
-from builder_qwen3vl.testing.training import Encoder
+from builder_qwen3vl.shipped import shapes_task
+from builder_qwen3vl.shipped.shapes_task import draw_shape
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))  # the evaluation code is not in the wheel
+from tiny_model import evaluate
+from tiny_model.encoding import Encoder
 torch.set_num_threads(1)
 ck = Path(sys.argv[1]); n = int(sys.argv[2]) if len(sys.argv) > 2 else 600
 model = evaluate.load_hf(ck); enc = Encoder.for_checkpoint(ck)

@@ -13,8 +13,10 @@ from typing import Any
 
 from .config import Qwen3VLConfig, TextConfig, VisionConfig
 from .errors import InputError
-from .io_spec import CHAT_TEMPLATE_FILES, OPTIONAL_TOKENIZER_FILES, TOKENIZER_FILES
+from .io_spec import (CHAT_TEMPLATE_FILES, OPTIONAL_TOKENIZER_FILES, PROCESSOR_CONFIG_FILENAME, TOKENIZER_FILES,
+                      VIDEO_CONFIG_FILENAME)
 from .safetensors_index import FLOAT_DTYPES, TensorInfo, read_checkpoint_tensors
+from .video_settings import VideoSettings
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,7 @@ class Checkpoint:
     weight_dtype: str  # "BF16", "F16" or "F32": the dtype of most float tensors
     tokenizer_files: tuple[Path, ...]
     chat_template: str | None
+    video: VideoSettings = VideoSettings()  # what HF's Qwen3VLVideoProcessor.from_pretrained(folder) would use
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -46,6 +49,57 @@ def read_json(path: Path) -> dict[str, Any]:
 
 def _optional_json(path: Path) -> dict[str, Any] | None:
     return read_json(path) if path.is_file() else None
+
+
+# Video processor settings the run time does not follow: a checkpoint that changes them is told so.
+_VIDEO_KEYS_NOT_FOLLOWED = {"do_resize": True, "do_rescale": True, "do_normalize": True, "do_convert_rgb": True,
+                            "rescale_factor": 1 / 255, "resample": 3}
+
+
+def read_video_settings(folder: Path, vision: VisionConfig) -> VideoSettings:
+    """The video processor settings HF loads for this folder (``BaseVideoProcessor.get_video_processor_dict``
+    in transformers 5.x), in its order: processor_config.json's nested "video_processor" (5.x saves),
+    video_preprocessor_config.json, then preprocessor_config.json (HF falls back to the image processor's
+    file: its size then sets the video budget too); with none of them, the class defaults with the vision
+    tower's patch and merge sizes. One INFO line says which; InputError (one line naming the file and key) on
+    nonsense or on sizes the vision tower contradicts."""
+    nested = (_optional_json(folder / PROCESSOR_CONFIG_FILENAME) or {}).get("video_processor")
+    sources = [(PROCESSOR_CONFIG_FILENAME, nested)] if isinstance(nested, dict) else []
+    sources += [(name, doc) for name in (VIDEO_CONFIG_FILENAME, "preprocessor_config.json")
+                if (doc := _optional_json(folder / name)) is not None]
+    # No file to follow: the defaults, on the tower's sizes (transformers' defaults assume patch 16, merge 2).
+    tower_defaults = VideoSettings(patch_size=vision.patch_size, temporal_patch_size=vision.temporal_patch_size,
+                                   merge_size=vision.spatial_merge_size)
+    if not sources:
+        log.info("%s: no video processor settings (no %s, %s or preprocessor_config.json); video uses transformers' "
+                 "Qwen3VLVideoProcessor class defaults", folder, VIDEO_CONFIG_FILENAME, PROCESSOR_CONFIG_FILENAME)
+        return tower_defaults
+    name, doc = sources[0]
+    where = str(folder / name)
+    try:
+        settings = VideoSettings.from_dict(doc, where)
+    except ValueError as e:
+        if name != "preprocessor_config.json":
+            raise InputError(str(e)) from None
+        # The image processor's file, read for video only as HF's fallback: its own format quirks (e.g.
+        # Qwen2-VL's size.min_pixels) must not stop an image build. HF would fail on a video with it.
+        log.warning("%s; video uses transformers' Qwen3VLVideoProcessor class defaults instead", e)
+        return tower_defaults
+    log.info("video settings from %s: %s fps, %d..%d frames, %d..%d pixels per clip%s", where, settings.fps,
+             settings.min_frames, settings.max_frames, settings.min_pixels, settings.max_pixels,
+             f", at most {settings.max_video_tokens} tokens per frame" if settings.cap_pixels_per_frame else "")
+    ignored = [k for k, v in _VIDEO_KEYS_NOT_FOLLOWED.items() if k in doc and doc[k] != v]
+    if ignored:
+        log.warning("%s: %s not followed (the bundle resizes, rescales and normalizes video frames as "
+                    "transformers' defaults do)", where, ", ".join(f"{k}={doc[k]!r}" for k in ignored))
+    for key, ours, tower in (("patch_size", settings.patch_size, vision.patch_size),
+                             ("temporal_patch_size", settings.temporal_patch_size, vision.temporal_patch_size),
+                             ("merge_size", settings.merge_size, vision.spatial_merge_size)):
+        if ours != tower:
+            vkey = "spatial_merge_size" if key == "merge_size" else key
+            raise InputError(f"{where}: {key} is {ours} but config.json vision_config {vkey} is {tower} "
+                             "(video frames would not fit the vision tower)")
+    return settings
 
 
 def expected_tensors(text: TextConfig, vision: VisionConfig) -> dict[str, tuple[int, ...]]:
@@ -151,6 +205,7 @@ def read_checkpoint(folder: str | Path) -> Checkpoint:
 
     tensors = read_checkpoint_tensors(folder)
     weight_dtype = check_tensors(folder, tensors, expected_tensors(config.text, config.vision))
+    video = read_video_settings(folder, config.vision)
 
     missing = [name for name in TOKENIZER_FILES if not (folder / name).is_file()]
     if missing:
@@ -166,4 +221,5 @@ def read_checkpoint(folder: str | Path) -> Checkpoint:
         weight_dtype=weight_dtype,
         tokenizer_files=tuple(present),
         chat_template=_chat_template(folder, tokenizer_config),
+        video=video,
     )

@@ -1,4 +1,4 @@
-"""Writers for genai_config.json and the image processor config, filled from the checkpoint.
+"""Writers for genai_config.json and the image and video processor configs, filled from the checkpoint.
 
 Field choices follow what og 0.18 needs (../shared/notes/ogenai-qwen3vl-runtime-contract.md):
 - decoder.hidden_size is the WIDE width (1 + D) * H, because og sizes the image_features and
@@ -17,6 +17,7 @@ from . import io_spec
 from .config import Qwen3VLConfig
 from .plan import BuildPlan
 from .resources import load_template
+from .video_settings import VideoSettings
 
 DEFAULT_DECODER_INPUTS = {
     "inputs_embeds": "inputs_embeds",
@@ -121,6 +122,12 @@ def make_processor_config(cfg: Qwen3VLConfig) -> dict[str, Any]:
         patch_size=proc.patch_size, temporal_patch_size=proc.temporal_patch_size, merge_size=proc.merge_size
     )
     return doc
+
+
+def make_video_config(video: VideoSettings) -> dict[str, Any]:
+    """The bundle's video_preprocessor_config.json: the checkpoint's video processor settings as HF resolved them
+    (``Checkpoint.video``), in HF's format. og ignores the file; ``VideoSettings.from_bundle`` reads it."""
+    return video.to_dict()
 
 
 def write_json(path: Path, doc: dict[str, Any]) -> None:

@@ -6,6 +6,7 @@ benchmarks all generate through here, so they measure and check the same path.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ import numpy as np
 
 from . import io_spec
 from .tokens import IMAGE_TAG
+
+log = logging.getLogger(__name__)
 
 
 def load_model(bundle: str | Path, threads: int | None = None) -> Any:
@@ -46,15 +49,27 @@ def greedy(model: Any, inputs: Any, max_new_tokens: int, *, keep_logits: bool = 
     """Yield (token, logits) per generated token, greedy, batch 1, until EOS or ``max_new_tokens``.
 
     ``inputs``: og's processor output (og.NamedTensors) or a [1, S] array of prompt token ids.
-    max_length is the prompt + ``max_new_tokens``: og sizes its KV buffer by it. ``logits`` (with
+    max_length is the prompt + ``max_new_tokens``: og sizes its KV buffer by it. It is capped at the bundle's
+    ``search.max_length`` (og would otherwise allocate past the budget the bundle was built for, up to
+    ``context_length``); a prompt that leaves no room for one new token is a ValueError (one line). ``logits`` (with
     ``keep_logits``) is og's "logits" output after the step: [1, S, V] for the prompt step ([1, 1, V]
     with the bundle's pruned lm_head), [1, 1, V] for the others.
     """
     import onnxruntime_genai as og
 
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens}: expected an integer >= 1")
     ids = inputs if isinstance(inputs, np.ndarray) else inputs["input_ids"].as_numpy()
+    prompt_tokens = int(ids.shape[-1])
     params = og.GeneratorParams(model)
-    params.set_search_options(do_sample=False, max_length=int(ids.shape[-1]) + max_new_tokens)
+    limit = int(params.get_search_options()["max_length"])  # genai_config.json search.max_length (or an overlay)
+    if prompt_tokens >= limit:
+        raise ValueError(f"the prompt is {prompt_tokens} tokens (chat template and image tokens included); the bundle's "
+                         f"search.max_length is {limit} (genai_config.json; prompt and answer together)")
+    if prompt_tokens + max_new_tokens > limit:
+        log.warning("answer capped at %d new tokens: the prompt is %d tokens and the bundle's search.max_length is %d",
+                    limit - prompt_tokens, prompt_tokens, limit)
+    params.set_search_options(do_sample=False, max_length=min(prompt_tokens + max_new_tokens, limit))
     generator = og.Generator(model, params)
     if isinstance(inputs, np.ndarray):
         generator.append_tokens(inputs)

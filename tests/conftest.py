@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 from stub_tokenizer import write_stub_tokenizer
 
 from builder_qwen3vl.testing.checkpoints import tiny_config, write_checkpoint
+
+# The tiny model's training and evaluation are not in the wheel: tests import them as tiny_model from tools/.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
 
 @pytest.fixture(scope="session")
@@ -26,3 +30,13 @@ def small_ckpt(small_ckpt_template: Path, tmp_path: Path) -> Path:
     dst = tmp_path / "ckpt"
     shutil.copytree(small_ckpt_template, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def shipped_fp32_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An fp32 bundle of the shipped tiny trained model (~20 s), built once per session; do not modify it."""
+    from builder_qwen3vl import BuildOptions, build
+    from builder_qwen3vl.shipped.assembly import shipped_checkpoint
+
+    checkpoint = shipped_checkpoint(tmp_path_factory.mktemp("shipped_cache"))
+    return build(BuildOptions(input=checkpoint, output=tmp_path_factory.mktemp("shipped") / "fp32", precision="fp32"))

@@ -57,9 +57,17 @@ def newcomer(tmp_path_factory: pytest.TempPathFactory) -> dict:
 # `python -c` and `python -m` put the working directory first on sys.path, so those run from the new HOME
 # (inside the clone they would import its source tree); `python examples/demo.py` puts examples/ first.
 def test_package_comes_from_the_archive_wheel(newcomer: dict) -> None:
-    res = _run([newcomer["py"], "-c", "import builder_qwen3vl.testing.shipped_model as m; print(m.__file__)"],
+    res = _run([newcomer["py"], "-c", "import builder_qwen3vl.shipped.assembly as m; print(m.__file__)"],
                cwd=newcomer["home"], env=newcomer["env"])
     assert res.stdout.strip().startswith(newcomer["site"])
+
+
+def test_wheel_holds_no_training_code(newcomer: dict) -> None:
+    """Training and evaluation stay in the clone's tools/tiny_model/; the wheel has the shipped model only."""
+    installed = {p.name for p in Path(newcomer["site"], "builder_qwen3vl").rglob("*.py")}
+    tools = {p.name for p in Path(newcomer["clone"], "tools", "tiny_model").glob("*.py")} - {"__init__.py"}
+    assert "training.py" in tools and not installed & tools, sorted(installed & tools)
+    assert not Path(newcomer["site"], "tiny_model").exists() and not Path(newcomer["site"], "tools").exists()
 
 
 def test_demo_answers_as_expected(newcomer: dict) -> None:
@@ -74,13 +82,14 @@ def test_demo_answers_as_expected(newcomer: dict) -> None:
 
 
 def test_user_commands_run_from_the_install(newcomer: dict) -> None:
-    """verify on the demo's bundle, the evaluation CLI (HF side, 2 questions) and train_tiny's help."""
+    """verify on the demo's bundle, the evaluation script (HF side, 2 questions) and train_tiny's help."""
     if "bundle" not in newcomer:
         pytest.skip("the demo did not build its bundle")
     kw = dict(cwd=newcomer["home"], env=newcomer["env"], timeout=600)
     res = _run([newcomer["py"], "-m", "builder_qwen3vl", "verify", str(newcomer["bundle"])], **kw)
     assert "generat" in (res.stdout + res.stderr).lower()
-    res = _run([newcomer["py"], "-m", "builder_qwen3vl.testing.evaluate", "--n", "2", "--hf-only"], **kw)
+    tools = newcomer["clone"] / "tools" / "tiny_model"  # not in the wheel: run from the clone, on the installed package
+    res = _run([newcomer["py"], str(tools / "evaluate.py"), "--n", "2", "--hf-only"], **kw)
     assert "HF transformers fp32" in res.stdout
-    res = _run([newcomer["py"], "-m", "builder_qwen3vl.testing.train_tiny", "--help"], **kw)
+    res = _run([newcomer["py"], str(tools / "train_tiny.py"), "--help"], **kw)
     assert "--ship" in res.stdout

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from tiny_model.dialogues import make_dialogue
+from tiny_model.train_config import DEFAULT_CONFIG
+from tiny_model.vision_head import token_labels
 
-from builder_qwen3vl.testing import shapes_task
-from builder_qwen3vl.testing.train_config import DEFAULT_CONFIG
+from builder_qwen3vl.shipped import shapes_task
 
 
 def _expected_answer(kind: str, question: str, shapes: tuple[shapes_task.Shape, ...]) -> str:
@@ -26,7 +28,7 @@ def _expected_answer(kind: str, question: str, shapes: tuple[shapes_task.Shape, 
 def test_every_answer_follows_from_the_scene() -> None:
     seen: set[str] = set()
     for index in range(300):
-        dialogue = shapes_task.make_dialogue(shapes_task.TRAIN_SEED, index, DEFAULT_CONFIG.turns)
+        dialogue = make_dialogue(shapes_task.TRAIN_SEED, index, DEFAULT_CONFIG.turns)
         assert len({q for _, q, _ in dialogue.turns}) == len(dialogue.turns)  # no question repeated
         for kind, question, answer in dialogue.turns:
             seen.add(kind)
@@ -37,15 +39,16 @@ def test_every_answer_follows_from_the_scene() -> None:
 def test_dialogue_starts_with_the_single_question_sample() -> None:
     for index in range(20):
         sample = shapes_task.make_sample(shapes_task.TRAIN_SEED, index)
-        first = shapes_task.make_dialogue(shapes_task.TRAIN_SEED, index, DEFAULT_CONFIG.turns).turns[0]
+        first = make_dialogue(shapes_task.TRAIN_SEED, index, DEFAULT_CONFIG.turns).turns[0]
         assert first == (sample.kind, sample.question, sample.answer)
 
 
 @pytest.fixture(scope="module")
 def encoder(tmp_path_factory: pytest.TempPathFactory):
     """The training encoder (real tokenizer and chat template, HF's PIL image processor)."""
+    from tiny_model.encoding import Encoder
+
     from builder_qwen3vl.testing.tokenizer import write_tokenizer
-    from builder_qwen3vl.testing.training import Encoder
 
     folder = tmp_path_factory.mktemp("tokenizer")
     write_tokenizer(folder)
@@ -53,9 +56,9 @@ def encoder(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_training_labels_are_the_answers_and_their_im_end(encoder) -> None:
-    from builder_qwen3vl.testing.training import IGNORE
+    from tiny_model.encoding import IGNORE
 
-    dialogue = shapes_task.make_dialogue(shapes_task.TRAIN_SEED, 5, DEFAULT_CONFIG.turns)
+    dialogue = make_dialogue(shapes_task.TRAIN_SEED, 5, DEFAULT_CONFIG.turns)
     example, ids, labels = encoder.encode_dialogue(dialogue)
     assert len(ids) == len(labels)
     labelled = [t for t in labels if t != IGNORE]
@@ -73,7 +76,7 @@ def test_token_labels_follow_the_shapes_on_the_merged_grid() -> None:
     # 128x64 px picture = a 2x4 merged grid of 32 px tokens (no resize needed).
     square = shapes_task.Shape("square", "red", (0, 0, 31, 31))  # exactly token (0, 0)
     circle = shapes_task.Shape("circle", "blue", (70, 10, 120, 60))  # centre (95, 35): tokens of columns 2-3
-    kinds, colours = shapes_task.token_labels((square, circle), (128, 64), (2, 4))
+    kinds, colours = token_labels((square, circle), (128, 64), (2, 4))
     assert (kinds[0], colours[0]) == (_KIND["square"], _COLOUR["red"])
     assert kinds[1] == 0 and kinds[4] == 0 and kinds[5] == 0  # nothing drawn there
     assert {kinds[i] for i in (2, 3, 6, 7)} == {_KIND["circle"]}
@@ -83,7 +86,7 @@ def test_token_labels_follow_the_shapes_on_the_merged_grid() -> None:
 def test_token_labels_scale_with_the_processed_size() -> None:
     # A 64x32 picture processed at 128x64: x 20..31 becomes 40..62, inside token 1 (unscaled it is token 0).
     square = shapes_task.Shape("square", "green", (20, 0, 31, 15))
-    kinds, colours = shapes_task.token_labels((square,), (64, 32), (2, 4))
+    kinds, colours = token_labels((square,), (64, 32), (2, 4))
     assert kinds == [0, _KIND["square"]] + [0] * 6 and colours[1] == _COLOUR["green"]
 
 
@@ -95,7 +98,7 @@ def test_token_labels_match_the_processor_pixels(encoder) -> None:
         sample = shapes_task.make_sample(shapes_task.TRAIN_SEED, index)
         encoded = encoder.encode(sample.image, sample.question)
         _, h, w = (int(v) for v in encoded["image_grid_thw"][0])
-        kinds, colours = shapes_task.token_labels(sample.shapes, sample.image.size, (h // 2, w // 2))
+        kinds, colours = token_labels(sample.shapes, sample.image.size, (h // 2, w // 2))
         # Back to [0, 1] RGB, one row of 4 * 16 * 16 pixels per merged token (first frame of the pair).
         rgb_TC4PP = (encoded["pixel_values"].view(-1, 4, 3, 2, 16, 16)[:, :, :, 0] * 0.5 + 0.5).transpose(1, 2)
         rgb_TNC = rgb_TC4PP.reshape(len(kinds), 3, -1).transpose(1, 2)

@@ -8,8 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
-
-from builder_qwen3vl.testing.train_config import DEFAULT_CONFIG, with_overrides
+from tiny_model.train_config import DEFAULT_CONFIG, with_overrides
 
 
 def test_overrides_parse_each_field_type() -> None:
@@ -33,7 +32,7 @@ def test_bad_overrides_name_the_field(item: str, message: str) -> None:
 
 
 def test_accuracy_log_says_na_for_kinds_not_asked() -> None:
-    from builder_qwen3vl.testing.training import accuracy_text
+    from tiny_model.training import accuracy_text
 
     text = accuracy_text([("colour", True), ("colour", False), ("count", True)])
     assert text == "all 0.667 colour 0.500 count 1.000 left_of n/a presence n/a"
@@ -44,14 +43,12 @@ def test_vision_head_trains_and_is_not_saved(tmp_path: Path) -> None:
     """Two steps with the training-only vision head: it sees one label per merged token, the loss is
     finite, and the saved folder is a plain Qwen3-VL checkpoint with the same tensor names as before."""
     from safetensors import safe_open
-
-    from builder_qwen3vl.testing.checkpoints import write_checkpoint
-    from builder_qwen3vl.testing.training import model_config, train, write_preprocessor_config
+    from tiny_model.model_setup import write_initial_checkpoint
+    from tiny_model.training import train
 
     cfg = dataclasses.replace(DEFAULT_CONFIG, steps=2, batch_size=2, turns=2, vision_aux_weight=1.0,
                               hidden_size=64, intermediate_size=128, vision_hidden_size=64, vision_intermediate_size=128)
-    write_checkpoint(tmp_path, model_config(cfg), seed=0)
-    write_preprocessor_config(tmp_path, cfg)
+    write_initial_checkpoint(tmp_path, cfg)
 
     def names() -> set[str]:
         found: set[str] = set()
@@ -74,17 +71,15 @@ def test_short_training_run_is_bitwise_deterministic(tmp_path: Path) -> None:
     """Two 3-step runs from the same recipe (vision head included) save the same bits in every tensor,
     and those bits are not the initial ones (the runs did train)."""
     from safetensors.numpy import load_file
-
-    from builder_qwen3vl.testing.checkpoints import write_checkpoint
-    from builder_qwen3vl.testing.training import model_config, train, write_preprocessor_config
+    from tiny_model.model_setup import write_initial_checkpoint
+    from tiny_model.training import train
 
     cfg = dataclasses.replace(DEFAULT_CONFIG, steps=3, batch_size=2, turns=2, hidden_size=64, intermediate_size=128,
                               vision_hidden_size=64, vision_intermediate_size=128)
     runs = []
     for name in ("a", "b"):
         folder = tmp_path / name
-        write_checkpoint(folder, model_config(cfg), seed=cfg.seed)
-        write_preprocessor_config(folder, cfg)
+        write_initial_checkpoint(folder, cfg)
         initial = load_file(str(folder / "model.safetensors"))
         record = train(folder, cfg)
         runs.append((load_file(str(folder / "model.safetensors")), record))
@@ -95,3 +90,25 @@ def test_short_training_run_is_bitwise_deterministic(tmp_path: Path) -> None:
     assert record_a["answer_losses_every_20"] == record_b["answer_losses_every_20"]
     trained = [k for k in a if a[k].tobytes() != initial[k].tobytes()]
     assert len(trained) > len(a) // 2, f"only {len(trained)} of {len(a)} tensors changed in training"
+
+
+def test_trained_folder_ships_and_assembles_back(tmp_path: Path) -> None:
+    """train_tiny's path on a 2-step recipe: the cached folder's record holds the recipe's fingerprint, the
+    shipped files leave the table out, and assembling them gives back every trained tensor bit for bit."""
+    from safetensors.numpy import load_file
+    from tiny_model.ship import ship
+    from tiny_model.train_tiny import trained_checkpoint
+
+    from builder_qwen3vl.shipped.assembly import TABLE_NAME, WEIGHTS, assemble, read_record
+
+    cfg = dataclasses.replace(DEFAULT_CONFIG, steps=2, batch_size=2, turns=2, hidden_size=64, intermediate_size=128,
+                              vision_hidden_size=64, vision_intermediate_size=128)
+    trained = trained_checkpoint(tmp_path / "cache", cfg)
+    record = read_record(trained)
+    assert record["fingerprint"]["steps"] == 4 and len(record["fingerprint"]["first_answer_losses"]) == 4
+    shipped = ship(trained, tmp_path / "shipped")
+    assert TABLE_NAME not in load_file(str(shipped / WEIGHTS))
+    assembled = load_file(str(assemble(tmp_path / "assembled", source=shipped) / WEIGHTS))
+    original = load_file(str(trained / WEIGHTS))
+    assert assembled.keys() == original.keys()
+    assert all(assembled[k].tobytes() == original[k].tobytes() for k in original)

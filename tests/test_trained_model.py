@@ -1,6 +1,6 @@
 """The tiny trained Qwen3-VL answers held-out questions about pictures, through HF and through og bundles.
 
-The model is the one shipped with the package (builder_qwen3vl.testing.shipped_model, assembled in a
+The model is the one shipped with the package (builder_qwen3vl.shipped, assembled in a
 temporary folder); 60 held-out questions (pictures never seen in training) are scored with HF
 transformers fp32 (reference), the fp32 bundle and the int4 bundle through og.
 """
@@ -8,10 +8,10 @@ transformers fp32 (reference), the fp32 bundle and the int4 bundle through og.
 from __future__ import annotations
 
 import pytest
+from tiny_model.evaluate import Variant, evaluate, markdown_table
 
-from builder_qwen3vl.testing import shapes_task
-from builder_qwen3vl.testing.evaluate import Variant, evaluate, markdown_table
-from builder_qwen3vl.testing.shipped_model import shipped_checkpoint
+from builder_qwen3vl.shipped import shapes_task
+from builder_qwen3vl.shipped.assembly import shipped_checkpoint
 
 N_QUESTIONS = 60
 # The target from the brief: the visual task is learned (answering each kind with its most frequent answer

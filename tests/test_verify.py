@@ -57,6 +57,7 @@ def test_fp32_bundle_passes(bundles: dict[str, Path], capsys) -> None:
     assert f"vision_encoder.onnx: pixel_values [N, 1536], image_grid_thw [I, 3] -> image_features [T, {WIDTH}]" in text
     assert "run (image): " in text and ", 64 image tokens, generated [" in text  # 256 x 256 test image -> 16 x 16 patches / 4
     assert "run (text): " in text
+    assert "ok    video_preprocessor_config.json: 2.0 fps, 4..768 frames, pixels 4096..25165824, merge 2" in lines
     assert lines[-1] == f"verify {bundles['fp32']}: passed"
 
 
@@ -104,6 +105,12 @@ def _edit_genai(bundle: Path, edit) -> None:
     path.write_text(json.dumps(doc, indent=4))
 
 
+def _edit_json(path: Path, edit) -> None:
+    doc = json.loads(path.read_text())
+    edit(doc)
+    path.write_text(json.dumps(doc))
+
+
 def _swap_in_fp16_embeddings(bundle: Path, fp16: Path) -> None:
     for name in ("embeddings.onnx", "embeddings.onnx.data"):
         if (fp16 / name).exists():
@@ -141,6 +148,10 @@ BROKEN = [
     ("deepstack_unwired", lambda b, f: _unwire_first_deepstack_block(b),
      "model.onnx: DeepStack block(s) 1 of inputs_embeds are never used"),
     ("tokenizer_corrupt", lambda b, f: (b / "tokenizer.json").write_text("{ not json"), "run: og failed while loading the bundle"),
+    ("deleted_video_config", lambda b, f: (b / "video_preprocessor_config.json").unlink(),
+     "video_preprocessor_config.json: missing (the checkpoint's video settings; rebuild the bundle)"),
+    ("video_merge_size_wrong", lambda b, f: _edit_json(b / "video_preprocessor_config.json", lambda d: d.update(merge_size=1)),
+     "video_preprocessor_config.json: merge_size is 1 but genai_config.json model.vision.spatial_merge_size is 2"),
 ]
 
 

@@ -7,7 +7,9 @@ vision call over the T temporal patches, video M-RoPE, ``mm_token_type_ids`` 2).
 as T images through ``builder_qwen3vl.video.og_inputs`` into og.Generator.
 
 The pixels both sides get are builder_qwen3vl.video's (HF's video processor needs torchvision, which has
-no CPU build for this torch here); frame sampling and prompt text are compared with HF's code below.
+no CPU build for this torch here); frame sampling and prompt text are compared with HF's code below, grids in
+test_video_settings.py. Videos use the bundle's settings (the checkpoint's released video_preprocessor_config.json),
+and a second checkpoint has spatial_merge_size 1 (transformers' own Qwen3-VL test config: a token per patch).
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ from PIL import Image, ImageDraw
 from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
 
 from builder_qwen3vl import build
+from builder_qwen3vl.checkpoint import read_checkpoint
 from builder_qwen3vl.og_run import chat_prompt, greedy, load_model
 from builder_qwen3vl.options import BuildOptions
 from builder_qwen3vl.testing.checkpoints import tiny_config, write_checkpoint
 from builder_qwen3vl.tokens import IMAGE_TOKEN_ID
-from builder_qwen3vl.video import (VIDEO_PAD, VIDEO_TAG, expand_prompt, og_inputs, preprocess_image,
-                                  preprocess_video, sample_indices)
+from builder_qwen3vl.video import (VIDEO_PAD, VIDEO_TAG, ImageSettings, VideoSettings, expand_prompt, og_inputs,
+                                  preprocess_image, preprocess_video, sample_indices)
 from compare import load_hf_model
 from e2e_helpers import load_hf_tokenizer
 
@@ -52,17 +55,29 @@ def moving_square(n: int, width: int, height: int, seed: int) -> list[Image.Imag
     return frames
 
 
+def _setup(tmp_path_factory: pytest.TempPathFactory, name: str, **config) -> SimpleNamespace:
+    ckpt = write_checkpoint(tmp_path_factory.mktemp(f"{name}_ckpt"), tiny_config(tie_word_embeddings=False, **config))
+    bundle = build(BuildOptions(input=ckpt, output=tmp_path_factory.mktemp(name) / "bundle", precision="fp32"))
+    video = VideoSettings.from_bundle(bundle)
+    assert video == read_checkpoint(ckpt).video  # the checkpoint's settings, carried into the bundle
+    return SimpleNamespace(hf=load_hf_model(ckpt), tokenizer=load_hf_tokenizer(ckpt), model=load_model(bundle), bundle=bundle,
+                           video=video, image=ImageSettings.from_bundle(bundle))
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
-    ckpt = write_checkpoint(tmp_path_factory.mktemp("video_ckpt"), tiny_config(tie_word_embeddings=False))
-    bundle = build(BuildOptions(input=ckpt, output=tmp_path_factory.mktemp("video") / "bundle", precision="fp32"))
-    return SimpleNamespace(hf=load_hf_model(ckpt), tokenizer=load_hf_tokenizer(ckpt), model=load_model(bundle), bundle=bundle)
+    return _setup(tmp_path_factory, "video")
 
 
-def _hf_replacement(video, fps: float, indices: np.ndarray) -> str:
+@pytest.fixture(scope="module")
+def setup_merge_1(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    return _setup(tmp_path_factory, "video_merge_1", spatial_merge_size=1)
+
+
+def _hf_replacement(video, fps: float, indices: np.ndarray, temporal_patch_size: int = 2) -> str:
     """HF's own text for one video's <|video_pad|>: Qwen3VLProcessor.replace_video_token."""
     processor_like = SimpleNamespace(
-        video_processor=SimpleNamespace(merge_size=2, temporal_patch_size=2), video_token=VIDEO_PAD,
+        video_processor=SimpleNamespace(merge_size=video.merge_size, temporal_patch_size=temporal_patch_size), video_token=VIDEO_PAD,
         vision_start_token="<|vision_start|>", vision_end_token="<|vision_end|>",
         _calculate_timestamps=lambda *a: Qwen3VLProcessor._calculate_timestamps(None, *a))
     inputs = {"video_grid_thw": torch.tensor([video.grid_thw]),
@@ -74,11 +89,13 @@ def _templated(tokenizer, content: list[dict]) -> str:
     return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
 
 
-CASES = {  # name: (frames, width, height, source fps)
+CASES = {  # name: (frames, width, height, source fps), with the bundle's (released) video settings
     "2_frames": (2, 96, 64, 2.0),
     "8_frames": (8, 96, 64, 2.0),
     "5_frames_odd": (5, 64, 96, 2.0),
     "8_frames_large": (8, 160, 128, 4.0),  # sampling keeps 4 of 8 (2 per second of a 2-second clip)
+    # over transformers' class-default budget (768·32·32 pixels per clip), inside the released one: full size
+    "8_frames_over_default_budget": (8, 448, 256, 2.0),
 }
 
 
@@ -103,14 +120,13 @@ def _og_tokens(setup, og_text: str, visuals, hf_ids) -> list[int]:
     return [t for t, _ in greedy(setup.model, inputs, MAX_NEW_TOKENS)]
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_video_greedy_matches_hf(setup: SimpleNamespace, case: str) -> None:
-    n, width, height, fps = CASES[case]
-    video = preprocess_video(moving_square(n, width, height, seed=n + width), fps)
+def _check_video(setup: SimpleNamespace, case: str, frames: list[Image.Image], fps: float, settings: VideoSettings) -> None:
+    video = preprocess_video(frames, fps, settings)
+    indices = sample_indices(len(frames), fps, settings)
     content = [{"type": "video"}, {"type": "text", "text": QUESTION}]
-    hf_text = _templated(setup.tokenizer, content).replace(VIDEO_PAD, _hf_replacement(video, fps, sample_indices(n, fps)))
+    hf_text = _templated(setup.tokenizer, content).replace(VIDEO_PAD, _hf_replacement(video, fps, indices))
     ids = setup.tokenizer(hf_text, add_special_tokens=False, return_tensors="pt").input_ids
-    assert int((ids == VIDEO_TOKEN_ID).sum()) == video.grid_thw[0] * video.tokens_per_frame
+    assert int((ids == VIDEO_TOKEN_ID).sum()) == video.grid_thw[0] * video.grid_thw[1] * video.grid_thw[2] // settings.merge_size**2
     hf_tokens = _hf_tokens(setup, ids, video=video)
     og_text = expand_prompt(chat_prompt(og.Tokenizer(setup.model), VIDEO_TAG + QUESTION), [video])
     og_tokens = _og_tokens(setup, og_text, [video], ids)
@@ -118,15 +134,36 @@ def test_video_greedy_matches_hf(setup: SimpleNamespace, case: str) -> None:
     assert og_tokens == hf_tokens
 
 
+@pytest.mark.parametrize("case", list(CASES))
+def test_video_greedy_matches_hf(setup: SimpleNamespace, case: str) -> None:
+    n, width, height, fps = CASES[case]
+    _check_video(setup, case, moving_square(n, width, height, seed=n + width), fps, setup.video)
+
+
+def test_video_greedy_matches_hf_class_defaults(setup: SimpleNamespace) -> None:
+    """transformers' class-default settings (a bundle built before the video file, or a checkpoint without one)."""
+    frames = moving_square(8, 448, 256, seed=4)
+    assert preprocess_video(frames, 2.0, VideoSettings()).grid_thw != preprocess_video(frames, 2.0, setup.video).grid_thw
+    _check_video(setup, "class_defaults", frames, 2.0, VideoSettings())
+
+
+@pytest.mark.parametrize("case", ["8_frames", "5_frames_odd"])
+def test_video_greedy_matches_hf_merge_size_1(setup_merge_1: SimpleNamespace, case: str) -> None:
+    """spatial_merge_size 1: every patch a token (no 2x2 merge anywhere: encoder, token counts, og positions)."""
+    n, width, height, fps = CASES[case]
+    assert setup_merge_1.video.merge_size == 1 and setup_merge_1.video.max_pixels == 25165824
+    _check_video(setup_merge_1, f"merge_1_{case}", moving_square(n, width, height, seed=n + width), fps, setup_merge_1.video)
+
+
 def test_video_then_image_matches_hf(setup: SimpleNamespace) -> None:
     """A video and an image in one prompt (HF allows it): video frames and the image through og's image path."""
     fps = 2.0
-    video = preprocess_video(moving_square(6, 96, 64, seed=3), fps)
+    video = preprocess_video(moving_square(6, 96, 64, seed=3), fps, setup.video)
     picture = moving_square(1, 120, 90, seed=9)[0]
-    image = preprocess_image(picture, min_pixels=65536, max_pixels=16777216)
+    image = preprocess_image(picture, setup.image)
     content = [{"type": "video"}, {"type": "image"}, {"type": "text", "text": QUESTION}]
     templated = _templated(setup.tokenizer, content)
-    hf_text = templated.replace(VIDEO_PAD, _hf_replacement(video, fps, sample_indices(6, fps)))
+    hf_text = templated.replace(VIDEO_PAD, _hf_replacement(video, fps, sample_indices(6, fps, setup.video)))
     hf_text = hf_text.replace("<|image_pad|>", "<|image_pad|>" * image.tokens_per_frame)
     ids = setup.tokenizer(hf_text, add_special_tokens=False, return_tensors="pt").input_ids
     hf_tokens = _hf_tokens(setup, ids, video=video, image=image)
@@ -158,11 +195,14 @@ def test_chat_example_video_folder(setup: SimpleNamespace, tmp_path) -> None:
     folder.mkdir()
     for i, frame in enumerate(frames):
         frame.save(folder / f"{i:04d}.png")
-    video = preprocess_video(frames, fps)
+    video = preprocess_video(frames, fps, setup.video)  # the settings chat.py reads from the bundle
     hf_text = _templated(setup.tokenizer, [{"type": "video"}, {"type": "text", "text": QUESTION}])
-    hf_text = hf_text.replace(VIDEO_PAD, _hf_replacement(video, fps, sample_indices(len(frames), fps)))
+    hf_text = hf_text.replace(VIDEO_PAD, _hf_replacement(video, fps, sample_indices(len(frames), fps, setup.video)))
     ids = setup.tokenizer(hf_text, add_special_tokens=False, return_tensors="pt").input_ids
-    expected = setup.tokenizer.decode(_hf_tokens(setup, ids, video=video))
+    # HF's tokens as chat.py prints tokens: og's stream decoder, which holds back bytes of an unfinished character
+    # (HF's decode shows them as U+FFFD), so the text compares the tokens exactly.
+    stream = og.Tokenizer(setup.model).create_stream()
+    expected = "".join(stream.decode(t) for t in _hf_tokens(setup, ids, video=video))
     chat = Path(__file__).resolve().parents[1] / "examples" / "chat.py"
     proc = subprocess.run([sys.executable, str(chat), "-m", str(setup.bundle), "--video", str(folder), "--fps", str(fps),
                            "--prompt", QUESTION, "--max-new-tokens", str(MAX_NEW_TOKENS)], capture_output=True, text=True)

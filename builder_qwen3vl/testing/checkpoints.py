@@ -56,9 +56,12 @@ def tiny_config(
     deepstack_visual_indexes: tuple[int, ...] = (0, 1, 2),
     num_position_embeddings: int = 64,
     patch_size: int = 16,
+    spatial_merge_size: int = 2,
     tie_word_embeddings: bool = True,
 ) -> dict[str, Any]:
     """A small Qwen3-VL config.json in the 4.57 format of the released checkpoints.
+
+    ``spatial_merge_size`` 1 is transformers' own Qwen3-VL test config (one token per patch).
 
     The default vocabulary is the real one (151,936 rows) so the real tokenizer and its
     special-token ids work; the table costs 39 MB in fp32 at hidden 64.
@@ -87,6 +90,7 @@ def tiny_config(
         deepstack_visual_indexes=list(deepstack_visual_indexes),
         num_position_embeddings=num_position_embeddings,
         patch_size=patch_size,
+        spatial_merge_size=spatial_merge_size,
     )
     if vocab_size <= cfg["image_token_id"]:  # a small test vocabulary: keep the vision token ids inside it
         first = vocab_size - 4
@@ -154,8 +158,15 @@ def write_checkpoint(
     shards: int = 1,
     seed: int = 0,
     tokenizer: bool = True,
+    video_config: dict[str, Any] | bool = True,
 ) -> Path:
-    """Write a complete checkpoint folder (config, weights, tokenizer, processor and generation configs)."""
+    """Write a complete checkpoint folder (config, weights, tokenizer, processor and generation configs).
+
+    The image and video processor configs are the released ones with the vision tower's patch, temporal patch
+    and merge sizes. ``video_config``: True writes the released video_preprocessor_config.json, False none
+    (HF then reads preprocessor_config.json for video), a dict the released one with those keys changed (None
+    removes a key).
+    """
     import torch
     from safetensors.torch import save_file
 
@@ -188,7 +199,16 @@ def write_checkpoint(
         index = {"metadata": {"total_size": total_bytes}, "weight_map": weight_map}
         (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
 
-    (folder / "preprocessor_config.json").write_text(json.dumps(reference_json("qwen3-vl-preprocessor_config.json"), indent=2))
+    vision = cfg["vision_config"]
+    sizes = {"patch_size": vision.get("patch_size", 16), "temporal_patch_size": vision.get("temporal_patch_size", 2),
+             "merge_size": vision.get("spatial_merge_size", 2)}
+    image = {**reference_json("qwen3-vl-preprocessor_config.json"), **sizes}
+    (folder / "preprocessor_config.json").write_text(json.dumps(image, indent=2))
+    if video_config is not False:
+        changes = video_config if isinstance(video_config, dict) else {}
+        video = {**reference_json("qwen3-vl-video_preprocessor_config.json"), **sizes, **changes}
+        video = {k: v for k, v in video.items() if v is not None}
+        (folder / "video_preprocessor_config.json").write_text(json.dumps(video, indent=2))
     (folder / "generation_config.json").write_text(json.dumps(reference_json("qwen3-vl-instruct.generation_config.json"), indent=2))
     if tokenizer:
         from .tokenizer import write_tokenizer

@@ -1,7 +1,8 @@
 """Initial weights of the random test checkpoints, one tensor at a time.
 
-Its own file because the tiny trained model starts from these values: the recipe hash
-(shipped_model.recipe_hash) covers this file byte for byte, and an edit here needs a retrain.
+The tiny trained model (builder_qwen3vl/shipped/) starts from these values: the recipe's fingerprint
+(tools/tiny_model/fingerprint.py) hashes the initial weights, so a change to the values here fails
+its replay and needs a retrain; an edit that keeps the values does not.
 """
 
 from __future__ import annotations

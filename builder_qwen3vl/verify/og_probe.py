@@ -90,7 +90,8 @@ def _probe(bundle: str, max_new_tokens: int, at: Any) -> dict[str, Any]:
         image_path = _write_test_image(Path(tmp) / "verify.png")
         for case, images in (("image", [image_path]), ("text", [])):
             at(f"generating ({case})")
-            result[case] = _generate(og, model, tokenizer, processor, images, max_new_tokens, image_token, np)
+            result[case] = _generate(og, model, tokenizer, processor, images, max_new_tokens, image_token, np,
+                                     _expected_image_tokens(bundle))
     return result
 
 
@@ -107,8 +108,18 @@ def _write_test_image(path: Path) -> str:
     return str(path)
 
 
+def _expected_image_tokens(bundle: str) -> int:
+    """HF's token count for the test image under the bundle's processor settings (64 for the released ones)."""
+    from ..og_run import resize_settings
+    from ..resize import hf_grid
+
+    settings = resize_settings(bundle)
+    _, h, w = hf_grid(TEST_IMAGE_SIDE, TEST_IMAGE_SIDE, **settings)
+    return h * w // settings["merge_size"] ** 2
+
+
 def _generate(og: Any, model: Any, tokenizer: Any, processor: Any, images: list[str], max_new_tokens: int,
-              image_token: int, np: Any) -> dict[str, Any]:
+              image_token: int, np: Any, expected_image_tokens: int) -> dict[str, Any]:
     from ..og_run import chat_prompt, greedy
 
     text = chat_prompt(tokenizer, "What is in the picture?" if images else "Say hello.", len(images))
@@ -121,8 +132,7 @@ def _generate(og: Any, model: Any, tokenizer: Any, processor: Any, images: list[
         tokens.append(token)
     image_tokens = int((input_ids == image_token).sum())
     if images:
-        side = TEST_IMAGE_SIDE // 32  # 16-pixel patches merged 2 x 2
-        if image_tokens != side * side:
-            raise RuntimeError(f"the processor expanded the test image to {image_tokens} image tokens, expected {side * side}")
+        if image_tokens != expected_image_tokens:
+            raise RuntimeError(f"the processor expanded the test image to {image_tokens} image tokens, expected {expected_image_tokens}")
     return {"prompt_tokens": int(input_ids.shape[-1]), "image_tokens": image_tokens, "tokens": tokens,
             "text": tokenizer.decode(np.array(tokens, dtype=np.int32))}

@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..io_spec import VIDEO_CONFIG_FILENAME
+from ..video_settings import VideoSettings
 from .graphs import FLOAT_TYPES, Graph, dtype_of, expect, load_graph, text_hidden_size, unfed_inputs
 
 if TYPE_CHECKING:
@@ -42,6 +44,7 @@ def static_checks(bundle: Path, report: VerifyReport) -> dict[str, Any]:
     _check_deepstack(decoder, model["decoder"], width, report)
     if processor is not None:
         _check_processor(processor, files["vision config"], report)
+    _check_video(bundle / VIDEO_CONFIG_FILENAME, model["vision"], report)
     return facts
 
 
@@ -244,6 +247,27 @@ def _check_processor(processor: dict[str, Any], path: Path, report: VerifyReport
     if len(report.failures) == before:
         resize = attrs["Resize"]
         report.passed.append(f"{path.name}: qwen3_vl normalize, pixels {resize['min_pixels']}..{resize['max_pixels']}")
+
+
+def _check_video(path: Path, vision: dict[str, Any], report: VerifyReport) -> None:
+    """The checkpoint's video settings (builder_qwen3vl.video reads them; og does not), on the tower's sizes."""
+    if not path.is_file():  # a bundle built before the file: its video would use transformers' defaults
+        report.failures.append(f"{path.name}: missing (the checkpoint's video settings; rebuild the bundle)")
+        return
+    doc = _read_json(path, report)
+    if doc is None:
+        return
+    try:
+        video = VideoSettings.from_dict(doc, path.name)
+    except ValueError as e:
+        report.failures.append(str(e))
+        return
+    for key, ours, tower_key in (("merge_size", video.merge_size, "spatial_merge_size"), ("patch_size", video.patch_size, "patch_size")):
+        if tower_key in vision and int(vision[tower_key]) != ours:
+            report.failures.append(f"{path.name}: {key} is {ours} but {GENAI_CONFIG} model.vision.{tower_key} is {vision[tower_key]}")
+            return
+    report.passed.append(f"{path.name}: {video.fps} fps, {video.min_frames}..{video.max_frames} frames, pixels "
+                         f"{video.min_pixels}..{video.max_pixels}, merge {video.merge_size}")
 
 
 # ---------------------------------------------------------------- run check (og, in a child process)

@@ -10,7 +10,9 @@ processor produces several grids. Questions have one-word answers:
     Is there a triangle?            -> yes | no
 
 A sample depends only on (seed, index), so training and held-out sets never depend on the order
-or number of samples drawn before them.
+or number of samples drawn before them. It ships in the wheel because the demo draws its held-out
+picture from here; the training recipe's fingerprint (tools/tiny_model/fingerprint.py) covers it
+through the first training batch.
 """
 
 from __future__ import annotations
@@ -19,8 +21,6 @@ import random
 from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
-
-MERGED_PATCH = 32  # pixels per side of one merged vision token (patch 16 x spatial merge 2)
 
 SHAPES = ("circle", "square", "triangle")
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -98,7 +98,8 @@ def _well_separated(boxes: list[tuple[int, int, int, int]]) -> bool:
     return True
 
 
-def _draw(draw: ImageDraw.ImageDraw, shape: Shape) -> None:
+def draw_shape(draw: ImageDraw.ImageDraw, shape: Shape) -> None:
+    """Draw one shape as the task's pictures draw it (public for the research scripts in benchmarks/)."""
     fill = COLOURS[shape.colour]
     x0, y0, x1, y1 = shape.box
     if shape.kind == "circle":
@@ -119,7 +120,7 @@ def make_scene(rng: random.Random) -> tuple[Image.Image, tuple[Shape, ...]]:
     image = Image.new("RGB", (width, height), (grey, grey, grey))
     draw = ImageDraw.Draw(image)
     for shape in shapes:
-        _draw(draw, shape)
+        draw_shape(draw, shape)
     return image, shapes
 
 
@@ -148,58 +149,5 @@ def make_sample(seed: int, index: int) -> Sample:
     return Sample(image, shapes, question, answer, kind)
 
 
-@dataclass(frozen=True)
-class Dialogue:
-    """One picture with several (kind, question, answer) turns, for training."""
-
-    image: Image.Image
-    shapes: tuple[Shape, ...]
-    turns: tuple[tuple[str, str, str], ...]
-
-
-def make_dialogue(seed: int, index: int, turns: int) -> Dialogue:
-    """A picture and ``turns`` distinct questions; the first turn is exactly ``make_sample(seed, index)``'s."""
-    rng = random.Random(seed * 1_000_003 + index)
-    image, shapes = make_scene(rng)
-    asked: list[tuple[str, str, str]] = []
-    for _ in range(20 * turns):
-        qa = ask(rng, shapes)
-        if qa[1] not in {q for _, q, _ in asked}:
-            asked.append(qa)
-        if len(asked) == turns:
-            break
-    return Dialogue(image, shapes, tuple(asked))
-
-
 def make_samples(seed: int, count: int, start: int = 0) -> list[Sample]:
     return [make_sample(seed, start + i) for i in range(count)]
-
-
-def token_labels(shapes: tuple[Shape, ...], image_size: tuple[int, int], grid_hw: tuple[int, int]) -> tuple[list[int], list[int]]:
-    """Per merged vision token, row-major: (shape kind, colour) as 1-based indices into SHAPES / COLOURS, 0 for background.
-
-    ``grid_hw`` is the merged grid (patch grid / 2) of the processed picture, whose pixel size is
-    grid * MERGED_PATCH; the shapes are scaled from ``image_size`` to it. A token takes the shape that
-    covers most of its pixels if that is at least 1/16 of them (a sliver of an edge stays background).
-    """
-    rows, cols = grid_hw
-    width, height = cols * MERGED_PATCH, rows * MERGED_PATCH
-    sx, sy = width / image_size[0], height / image_size[1]
-    best = [0] * (rows * cols)
-    kinds, colours = [0] * (rows * cols), [0] * (rows * cols)
-    for shape in shapes:
-        x0, y0, x1, y1 = shape.box
-        layer = Image.new("RGB", (width, height), (0, 0, 0))
-        _draw(ImageDraw.Draw(layer), Shape(shape.kind, shape.colour, (x0 * sx, y0 * sy, x1 * sx, y1 * sy)))
-        covered = layer.convert("L").point(lambda v: 255 if v else 0)
-        # Share of each token's pixels covered: a box-filter downscale by MERGED_PATCH (in 1/255 steps).
-        small = covered.resize((cols, rows), Image.BOX)
-        # get_flattened_data replaces getdata (deprecated in Pillow 13); same row-major values.
-        shares = small.get_flattened_data() if hasattr(small, "get_flattened_data") else small.getdata()
-        for i, share in enumerate(shares):
-            pixels = share / 255 * MERGED_PATCH * MERGED_PATCH
-            if pixels >= MERGED_PATCH * MERGED_PATCH / 16 and pixels > best[i]:
-                best[i] = pixels
-                kinds[i] = SHAPES.index(shape.kind) + 1
-                colours[i] = list(COLOURS).index(shape.colour) + 1
-    return kinds, colours

@@ -1,15 +1,18 @@
 """Held-out accuracy of the tiny trained Qwen3-VL through HF transformers and through og bundles.
 
-    python -m builder_qwen3vl.testing.evaluate --n 300 [--workdir DIR] [--variant NAME=PRECISION[:k=v,k=v]] ...
+    python tools/tiny_model/evaluate.py --n 300 [--seed N] [--workdir DIR] [--json FILE] \
+        [--variant NAME=PRECISION[:k=v,k=v]] ... [--hf-only] [--checkpoint DIR]
 
 Reference (a): HF ``Qwen3VLForConditionalGeneration`` fp32, greedy, on inputs built here: the
 chat template with ``<|image_pad|>`` expanded to t*h*w/4 per grid and HF's PIL image processor
-for pixel_values (training.Encoder, the same path as training). Each og variant is a bundle
+for pixel_values (encoding.Encoder, the same path as training). Each og variant is a bundle
 built by ``builder_qwen3vl.build`` and run through og's own processor and generator (greedy),
 with each picture pre-resized by ``resize_for_og`` so og's grid equals HF's; the script also
 counts prompts whose og input_ids differ from HF's (expected: 0).
 
-Reported per variant: exact-match accuracy (per question kind too) and agreement with (a).
+Reported per variant: exact-match accuracy (per question kind too) and agreement with (a); ``--json``
+writes {"checkpoint", "n", "seed", "results": [{"name", "command", "accuracy", "agreement_with_hf",
+"per_kind", "prompt_mismatches", "seconds"}, ...]}.
 """
 
 from __future__ import annotations
@@ -24,10 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import shapes_task
-from .shipped_model import shipped_checkpoint
-from ..tokens import EOS_IDS
-from .training import Encoder, collate
+if __package__ in (None, ""):  # run as a file: tools/ on the path makes this folder the package tiny_model
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from builder_qwen3vl.shipped import shapes_task  # noqa: E402
+from builder_qwen3vl.shipped.assembly import shipped_checkpoint  # noqa: E402
+from builder_qwen3vl.tokens import EOS_IDS  # noqa: E402
+from tiny_model.encoding import Encoder, collate  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +108,7 @@ class OgRunner:
     def __init__(self, bundle: Path) -> None:
         import onnxruntime_genai as og
 
-        from ..og_run import load_model, resize_settings
+        from builder_qwen3vl.og_run import load_model, resize_settings
 
         self.og = og
         self.model = load_model(bundle)
@@ -111,13 +117,13 @@ class OgRunner:
         self.resize = resize_settings(bundle)
 
     def prompt(self, question: str) -> str:
-        from ..og_run import chat_prompt
+        from builder_qwen3vl.og_run import chat_prompt
 
         return chat_prompt(self.tokenizer, question, num_images=1)
 
     def answer(self, sample: shapes_task.Sample) -> tuple[str, list[int]]:
-        from ..og_run import greedy
-        from ..resize import resize_for_og
+        from builder_qwen3vl.og_run import greedy
+        from builder_qwen3vl.resize import resize_for_og
 
         png = io.BytesIO()
         resize_for_og(sample.image, **self.resize).save(png, format="PNG")
@@ -238,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=shapes_task.HELD_OUT_SEED, help="held-out sample stream")
     p.add_argument("--workdir", type=Path, default=Path("eval_bundles"), help="where bundles are built")
     p.add_argument("--checkpoint", type=Path, default=None,
-                   help="default: the shipped trained model (builder_qwen3vl.testing.shipped_model)")
+                   help="default: the shipped trained model (builder_qwen3vl.shipped)")
     p.add_argument("--cache-dir", type=Path, default=None)
     p.add_argument("--variant", action="append", default=[],
                    help="NAME=PRECISION[:key=value,...] (og/builder extra options); replaces the default variants")
@@ -247,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     # The builder's quantizers log one line per node at INFO on the root logger; keep only ours.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
-    for name in (__name__, "builder_qwen3vl.testing.shipped_model"):
+    for name in (__name__, "builder_qwen3vl.shipped.assembly"):
         logging.getLogger(name).setLevel(logging.INFO)
     checkpoint = args.checkpoint or shipped_checkpoint(args.cache_dir)
     variants = () if args.hf_only else tuple(Variant.parse(v) for v in args.variant) or DEFAULT_VARIANTS

@@ -1,8 +1,7 @@
-"""The tiny shapes model's training recipe, as data.
+"""The tiny shapes model's training recipe, as data: ``--set NAME=VALUE`` on train_tiny.py trains a variant.
 
-Kept apart from training.py on purpose: the recipe hash (shipped_model.recipe_hash) covers the
-training *code* byte for byte and these *values* by value, so making another recipe the default
-here reuses a folder already trained with those values.
+The shipped model's training record holds these values; its fingerprint check (fingerprint.py) also
+compares them, since some (``steps``, the cosine part of the schedule) act only after the replayed steps.
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from . import shapes_task
+from builder_qwen3vl.shipped import shapes_task
 
 
 @dataclass(frozen=True)
