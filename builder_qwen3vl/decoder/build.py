@@ -2,7 +2,9 @@
 
 ``build_decoder`` drives og's builder (``onnxruntime_genai.models.builder``) through the steps of og's
 own ``create_model`` (options, io/onnx dtypes, the model class, make_model, save_model, make_genai_config)
-with ``DeepStackQwen3VLTextModel`` (model.py) in place of og's ``Qwen3VLTextModel``. ``create_model``
+with ``DeepStackQwen3VLTextModel`` (model.py) in place of og's ``Qwen3VLTextModel``, or for a MoE checkpoint
+(``Qwen3VLMoeForConditionalGeneration``, which og 0.18 has no class for) ``DeepStackQwen3VLMoeTextModel``
+(moe_model.py). ``create_model``
 itself is not called: it dispatches on the architecture to og's class, and it copies og's own tokenizer
 and processor files into the output, which the bundle writes itself. ``decoder_step`` is what the bundle
 build calls: the same, in a child process for large checkpoints.
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from .. import io_spec
 from ..errors import InputError
 from .child_process import run_in_child
+from .moe_experts import QWEN3_VL_MOE_ARCHITECTURE
 from .og_builder import (QWEN3_VL_ARCHITECTURE, given_options_text, og_builder, og_option_strings,
                          og_output_to_debug_log, stamp_with_package_commit)
 from .repeat_kv_fix import drop_repeat_kv_shape_labels
@@ -83,15 +86,20 @@ def build_decoder(
             hf_details = prepared.pop("hf_details")
             config = hf_details["hf_config"]
             architecture = (getattr(config, "architectures", None) or ["?"])[0]
-            if architecture != QWEN3_VL_ARCHITECTURE:
-                raise ValueError(f"{input_dir}/config.json: architecture is {architecture}, expected {QWEN3_VL_ARCHITECTURE}")
+            if architecture not in (QWEN3_VL_ARCHITECTURE, QWEN3_VL_MOE_ARCHITECTURE):
+                raise ValueError(f"{input_dir}/config.json: architecture is {architecture}, expected "
+                                 f"{QWEN3_VL_ARCHITECTURE} or {QWEN3_VL_MOE_ARCHITECTURE}")
             io_dtype = builder.set_io_dtype(precision, execution_provider, prepared)
             onnx_dtype = builder.set_onnx_dtype(precision, prepared)
-            from .model import APPLY_DEEPSTACK, SPILL_BEFORE_QUANTIZING, DeepStackQwen3VLTextModel
+            from .model import APPLY_DEEPSTACK, SPILL_BEFORE_QUANTIZING
 
+            if architecture == QWEN3_VL_MOE_ARCHITECTURE:
+                from .moe_model import DeepStackQwen3VLMoeTextModel as model_class
+            else:
+                from .model import DeepStackQwen3VLTextModel as model_class
             prepared.update({APPLY_DEEPSTACK: deepstack, SPILL_BEFORE_QUANTIZING: spill_before_quantizing})
             try:
-                model = DeepStackQwen3VLTextModel(config, io_dtype, onnx_dtype, execution_provider, cache_dir, prepared)
+                model = model_class(config, io_dtype, onnx_dtype, execution_provider, cache_dir, prepared)
             except ValueError as e:  # og converts option values here (e.g. int(block_size)): a user input error
                 given = given_options_text(extra_options or {})
                 raise InputError(f"og builder rejected the settings: {e} (--extra_options given: {given})") from e

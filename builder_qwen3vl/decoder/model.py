@@ -14,6 +14,9 @@ decoder; ``DeepStackQwen3VLTextModel`` changes only where the hidden stream ente
 Everything else (weights, attention, MRoPE, quantization) is og's own code. The class keeps og's
 constructor signature, like og's own ``builders/qwen.py`` classes: D comes from the config, and the two
 build-time switches travel in ``extra_options`` under private keys (og keeps its own ``_quant_config`` so).
+
+The DeepStack hooks live in ``DeepStackMixin``, shared with the MoE decoder (moe_model.py), which puts
+them in front of the same og class.
 """
 
 from __future__ import annotations
@@ -33,8 +36,8 @@ SPILL_BEFORE_QUANTIZING = "_spill_before_quantizing"  # see spill_to_disk
 _OgQwen3VLTextModel = og_builder().Qwen3VLTextModel
 
 
-class DeepStackQwen3VLTextModel(_OgQwen3VLTextModel):  # type: ignore[misc, valid-type]
-    """og's Qwen3VLTextModel with a (1 + D) * H wide ``inputs_embeds`` and DeepStack adds."""
+class DeepStackMixin:
+    """The DeepStack hooks, in front of og's Qwen3VLTextModel (or a subclass of it) in the MRO."""
 
     def __init__(self, config, io_dtype, onnx_dtype, ep, cache_dir, extra_options):
         super().__init__(config, io_dtype, onnx_dtype, ep, cache_dir, extra_options)
@@ -115,3 +118,7 @@ class DeepStackQwen3VLTextModel(_OgQwen3VLTextModel):  # type: ignore[misc, vali
                 super().save_model(out_dir)
         else:
             super().save_model(out_dir)
+
+
+class DeepStackQwen3VLTextModel(DeepStackMixin, _OgQwen3VLTextModel):  # type: ignore[misc, valid-type]
+    """og's Qwen3VLTextModel with a (1 + D) * H wide ``inputs_embeds`` and DeepStack adds."""
