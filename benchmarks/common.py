@@ -125,7 +125,7 @@ def benchmark_images(settings: Settings) -> list[dict[str, Any]]:
     """The two benchmark images, already at HF's target size (so og's and HF's grids agree)."""
     from PIL import Image
 
-    from builder_qwen3vl.resize import hf_grid, resize_for_og
+    from builder_qwen3vl.runtime.resize import hf_grid, resize_for_og
 
     out = []
     for width, height in IMAGE_SIZES:

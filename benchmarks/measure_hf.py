@@ -12,7 +12,7 @@ import numpy as np
 
 from common import Settings, benchmark_images, hf_vision_output_path, random_pixel_values, text_prompt_ids, timed
 
-from builder_qwen3vl.tokens import IMAGE_TOKEN_ID
+from builder_qwen3vl.runtime.tokens import IMAGE_TOKEN_ID
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 
@@ -30,8 +30,8 @@ def load_visual(settings: Settings, dtype: str):
     from transformers import Qwen3VLConfig
     from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLVisionModel
 
-    from builder_qwen3vl.checkpoint import read_checkpoint
-    from builder_qwen3vl.weights import load_prefix
+    from builder_qwen3vl.checkpoint.reader import read_checkpoint
+    from builder_qwen3vl.checkpoint.weights import load_prefix
 
     ckpt = read_checkpoint(settings.checkpoint)
     torch_dtype = getattr(torch, DTYPES[dtype])

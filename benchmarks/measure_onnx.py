@@ -15,8 +15,8 @@ import numpy as np
 from common import (Settings, benchmark_images, hf_vision_output_path, question_text, random_pixel_values,
                     text_prompt_ids, timed)
 
-from builder_qwen3vl.io_spec import VISION
-from builder_qwen3vl.og_run import chat_prompt, greedy, load_model
+from builder_qwen3vl.bundle.contract import VISION
+from builder_qwen3vl.runtime.og_run import chat_prompt, greedy, load_model
 
 OG_VISION_OUTPUTS = [t.name for t in VISION.outputs]  # og requests only these; the named extras are not computed
 
@@ -100,7 +100,7 @@ def vision_variants(settings: Settings) -> dict[str, Any]:
     import torch
 
     from builder_qwen3vl.vision.load import load_hf_visual
-    from builder_qwen3vl.checkpoint import read_checkpoint
+    from builder_qwen3vl.checkpoint.reader import read_checkpoint
     from builder_qwen3vl.vision import export_vision_encoder
     torch.set_num_threads(settings.threads)
     images = benchmark_images(settings)

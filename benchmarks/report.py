@@ -262,7 +262,7 @@ def markdown(s: Settings, r: dict[str, Any], f: dict[str, Any], m: dict[str, Any
               f"{name}: processor {_fmt(x['ttft_processor_s'])} s, vision {_fmt(x['vision_ours_s'])} s, rest "
               f"{_fmt((x['ttft_ours_s'] or 0) - (x['ttft_processor_s'] or 0) - (x['vision_ours_s'] or 0))} s"
               for name, x in f["images"].items()) + ".", ""]
-    L += ["", "Images are written at HF's target size (builder_qwen3vl.resize) so both processors use the same grid; "
+    L += ["", "Images are written at HF's target size (builder_qwen3vl.runtime.resize) so both processors use the same grid; "
           "HF input_ids are og's. Timed repeats: " + "; ".join(
               f"{name}: ours {_n(r, 'ttft_og', name)}, HF {_n(r, 'ttft_hf', name)}" for name in f["images"]) +
           " (one warm-up first, none for HF at the large size).", ""]

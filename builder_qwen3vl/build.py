@@ -10,16 +10,17 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import genai_config, io_spec
-from .checkpoint import Checkpoint, read_checkpoint
+from .bundle import genai_config
+from .bundle import contract
+from .checkpoint.reader import Checkpoint, read_checkpoint
 from .decoder import decoder_step
 from .decoder.build import spills_float_decoder
 from .logs import heartbeat, quiet_libraries
-from .disk_estimate import estimate_build_bytes
+from .bundle.disk_estimate import estimate_build_bytes
 from .options import BuildOptions
-from .output_folder import check_free_space, check_output_folder, staged_output
+from .bundle.output_folder import check_free_space, check_output_folder, staged_output
 from .plan import BuildPlan, make_plan
-from .weights import lm_head_is_table
+from .checkpoint.weights import lm_head_is_table
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +76,8 @@ def write_bundle(ckpt: Checkpoint, plan: BuildPlan, options: BuildOptions, out: 
 
 
 def write_configs(ckpt: Checkpoint, plan: BuildPlan, out: Path, og_genai: dict | None) -> None:
-    genai_config.write_json(out / io_spec.GENAI_CONFIG_FILENAME, genai_config.make_genai_config(ckpt.config, plan, og_genai))
-    genai_config.write_json(out / io_spec.PROCESSOR_CONFIG_FILENAME, genai_config.make_processor_config(ckpt.config))
-    genai_config.write_json(out / io_spec.VIDEO_CONFIG_FILENAME, genai_config.make_video_config(ckpt.video))
+    genai_config.write_json(out / contract.GENAI_CONFIG_FILENAME, genai_config.make_genai_config(ckpt.config, plan, og_genai))
+    genai_config.write_json(out / contract.PROCESSOR_CONFIG_FILENAME, genai_config.make_processor_config(ckpt.config))
+    genai_config.write_json(out / contract.VIDEO_CONFIG_FILENAME, genai_config.make_video_config(ckpt.video))
     for path in ckpt.tokenizer_files:
         shutil.copy2(path, out / path.name)

@@ -17,7 +17,7 @@ from .options import BuildOptions
 from .vision.formats import resolve_vision_format
 
 if TYPE_CHECKING:
-    from .config import Qwen3VLConfig
+    from .checkpoint.config import Qwen3VLConfig
     from .decoder import DecoderBuild
 
 # og sizes the shared KV buffer by search.max_length at every generator: context_length (262,144) would be

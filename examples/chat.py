@@ -4,11 +4,11 @@
     python examples/chat.py -m BUNDLE --video clip.mp4 --prompt "What happens?"      # needs PyAV (pip install av)
     python examples/chat.py -m BUNDLE --video frames/ --fps 2 --prompt "What happens?"  # a folder of frames
 
-Images are read with builder_qwen3vl.image_io (PIL: PNG, JPEG, BMP, WebP, TIFF, GIF, CMYK, 16-bit) and handed
+Images are read with builder_qwen3vl.runtime.image_io (PIL: PNG, JPEG, BMP, WebP, TIFF, GIF, CMYK, 16-bit) and handed
 to og as PNG bytes: og's own decoder ends the process on formats it does not know (docs/bundle.md). They are
-pre-resized the way HF's processor does (builder_qwen3vl.resize) so og's grid matches HF's exactly; pass
+pre-resized the way HF's processor does (builder_qwen3vl.runtime.resize) so og's grid matches HF's exactly; pass
 --no-exact-grid to let og resize them itself. A video travels through og's image path as one image per frame
-pair (builder_qwen3vl.video, docs/video.md); it comes first in the prompt. Every bad input is one line on
+pair (builder_qwen3vl.runtime.video, docs/video.md); it comes first in the prompt. Every bad input is one line on
 stderr (`error: ...`) and exit 2 (docs/errors.md).
 """
 
@@ -24,9 +24,9 @@ import onnxruntime_genai as og
 from PIL import Image
 
 from builder_qwen3vl.errors import InputError
-from builder_qwen3vl.image_io import ImageReadError, og_images, read_image
-from builder_qwen3vl.og_run import chat_prompt, greedy, load_model, resize_settings
-from builder_qwen3vl.resize import resize_for_og, smart_resize
+from builder_qwen3vl.runtime.image_io import ImageReadError, og_images, read_image
+from builder_qwen3vl.runtime.og_run import chat_prompt, greedy, load_model, resize_settings
+from builder_qwen3vl.runtime.resize import resize_for_og, smart_resize
 
 BUNDLE_FILES = ("genai_config.json", "processor_config.json")
 
@@ -71,7 +71,7 @@ def generate(model: og.Model, images: Sequence[str | Image.Image], prompt: str, 
              system_prompt: str | None = None) -> Iterator[str]:
     """Stream the answer's text pieces, greedy, through og's own processor and generator.
 
-    ``images``: paths (read with builder_qwen3vl.image_io) or PIL images; og sees only PNG bytes we wrote.
+    ``images``: paths (read with builder_qwen3vl.runtime.image_io) or PIL images; og sees only PNG bytes we wrote.
     A prompt longer than the bundle's search.max_length raises ValueError before the first token.
     """
     tokenizer = og.Tokenizer(model)
@@ -86,8 +86,8 @@ def generate_video(model: og.Model, video: str, fps: float | None, images: list[
                    max_new_tokens: int = 64, bundle: str = "") -> Iterator[str]:
     """Stream the answer about a video (then any images): frames sampled and prompt written as HF's processor
     does, with the checkpoint's video settings the bundle carries (video_preprocessor_config.json)."""
-    from builder_qwen3vl.tokens import IMAGE_TAG
-    from builder_qwen3vl.video import (VIDEO_TAG, ImageSettings, VideoSettings, expand_prompt, og_inputs, preprocess_image,
+    from builder_qwen3vl.runtime.tokens import IMAGE_TAG
+    from builder_qwen3vl.runtime.video import (VIDEO_TAG, ImageSettings, VideoSettings, expand_prompt, og_inputs, preprocess_image,
                                        preprocess_video, read_frames)
 
     frames, source_fps = read_frames(video, fps)
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     except (InputError, ValueError) as e:
         # Bad input (images, frames, options, bundle folder, a prompt too long): one line, exit 2. ValueError
-        # covers what builder_qwen3vl.video and og_run.greedy raise for the input they are given.
+        # covers what builder_qwen3vl.runtime.video and og_run.greedy raise for the input they are given.
         print("error: " + " ".join(str(e).splitlines()), file=sys.stderr)  # one line, whatever the message holds
         return 2
 

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from builder_qwen3vl.og_run import greedy
-from builder_qwen3vl.tokens import IMAGE_TOKEN_ID
+from builder_qwen3vl.runtime.og_run import greedy
+from builder_qwen3vl.runtime.tokens import IMAGE_TOKEN_ID
 
 MERGE_SIZE = 2
 
@@ -174,7 +174,7 @@ def og_numpy(inputs) -> dict[str, np.ndarray]:
 
 
 def og_generate(model, inputs, max_new_tokens: int) -> OgGeneration:
-    """Greedy through og.Generator (builder_qwen3vl.og_run.greedy), keeping every step's logits."""
+    """Greedy through og.Generator (builder_qwen3vl.runtime.og_run.greedy), keeping every step's logits."""
     steps = list(greedy(model, inputs, max_new_tokens, keep_logits=True))
     prefill = steps[0][1]
     # After each generate_next_token, "logits" holds the step that chose the token just produced.

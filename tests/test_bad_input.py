@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from builder_qwen3vl.cli import main
-from builder_qwen3vl.output_folder import STAGING_PREFIX
+from builder_qwen3vl.bundle.output_folder import STAGING_PREFIX
 
 OUT = "bundle"  # every row writes (or must not write) tmp_path / OUT
 

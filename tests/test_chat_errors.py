@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from builder_qwen3vl.og_run import greedy, load_model
+from builder_qwen3vl.runtime.og_run import greedy, load_model
 
 CHAT = Path(__file__).resolve().parents[1] / "examples" / "chat.py"
 
@@ -106,7 +106,7 @@ def test_greedy_caps_max_length_at_the_bundle(bad: dict[str, Path], caplog: pyte
     limit = max_length(bad["bundle"])
     model = load_model(bad["bundle"])
     ids = np.full((1, limit - 2), 11, dtype=np.int32)  # token 11: ","
-    with caplog.at_level(logging.WARNING, logger="builder_qwen3vl.og_run"):
+    with caplog.at_level(logging.WARNING, logger="builder_qwen3vl.runtime.og_run"):
         tokens = [t for t, _ in greedy(model, ids, max_new_tokens=64)]
     assert 1 <= len(tokens) <= 2
     assert f"answer capped at 2 new tokens: the prompt is {limit - 2} tokens" in caplog.text

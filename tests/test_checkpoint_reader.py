@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from builder_qwen3vl.checkpoint import read_checkpoint
-from builder_qwen3vl.config import Qwen3VLConfig
+from builder_qwen3vl.checkpoint.reader import read_checkpoint
+from builder_qwen3vl.checkpoint.config import Qwen3VLConfig
 from builder_qwen3vl.errors import InputError
 from builder_qwen3vl.testing.checkpoints import reference_config, tiny_config, to_5x_format, write_checkpoint
 
@@ -181,8 +181,8 @@ def test_error_tokenizer_missing(small_ckpt: Path) -> None:
 
 def test_fixture_tensor_names_match_reader_expectation(small_ckpt_template: Path) -> None:
     """The fixture names tensors from HF's model class; the reader's expectation must agree exactly."""
-    from builder_qwen3vl.checkpoint import expected_tensors
-    from builder_qwen3vl.safetensors_index import read_checkpoint_tensors
+    from builder_qwen3vl.checkpoint.reader import expected_tensors
+    from builder_qwen3vl.checkpoint.safetensors_index import read_checkpoint_tensors
 
     ckpt = read_checkpoint(small_ckpt_template)
     expected = expected_tensors(ckpt.config.text, ckpt.config.vision)

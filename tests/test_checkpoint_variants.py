@@ -15,10 +15,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from builder_qwen3vl import build
-from builder_qwen3vl.og_run import load_model
+from builder_qwen3vl.runtime.og_run import load_model
 from builder_qwen3vl.options import BuildOptions
 from builder_qwen3vl.testing.checkpoints import tiny_config, write_checkpoint
-from builder_qwen3vl.tokens import IMAGE_TOKEN_ID
+from builder_qwen3vl.runtime.tokens import IMAGE_TOKEN_ID
 from compare import load_hf_model, max_abs_diff
 from e2e_helpers import (
     chat_prompt,

@@ -10,9 +10,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from builder_qwen3vl import io_spec
+from builder_qwen3vl.bundle import contract
 from builder_qwen3vl.embeddings import export_embeddings
-from builder_qwen3vl.tokens import IMAGE_TOKEN_ID
+from builder_qwen3vl.runtime.tokens import IMAGE_TOKEN_ID
 from quant_bounds import rtn_error_bound
 from text_helpers import text_test_config
 
@@ -64,8 +64,8 @@ def fp32_export(hf_model: torch.nn.Module, tmp_path_factory: pytest.TempPathFact
 
 def test_io_names_shapes_and_dtypes(fp32_export) -> None:
     sess = _session(fp32_export.path)
-    assert [i.name for i in sess.get_inputs()] == io_spec.EMBEDDING.input_names()
-    assert [o.name for o in sess.get_outputs()] == io_spec.EMBEDDING.output_names()
+    assert [i.name for i in sess.get_inputs()] == contract.EMBEDDING.input_names()
+    assert [o.name for o in sess.get_outputs()] == contract.EMBEDDING.output_names()
     ids, feats, out = sess.get_inputs()[0], sess.get_inputs()[1], sess.get_outputs()[0]
     assert ids.type == "tensor(int64)" and feats.type == "tensor(float)" and out.type == "tensor(float)"
     assert feats.shape[1] == out.shape[2] == fp32_export.width == 4 * 64

@@ -26,9 +26,9 @@ from PIL import Image
 
 from builder_qwen3vl import build
 from builder_qwen3vl.options import BuildOptions
-from builder_qwen3vl.resize import hf_grid, resize_for_og
+from builder_qwen3vl.runtime.resize import hf_grid, resize_for_og
 from builder_qwen3vl.testing.checkpoints import tiny_config, write_checkpoint
-from builder_qwen3vl.tokens import IMAGE_TAG, IMAGE_TOKEN_ID
+from builder_qwen3vl.runtime.tokens import IMAGE_TAG, IMAGE_TOKEN_ID
 from compare import cosine_and_top1, load_hf_model, max_abs_diff
 from e2e_helpers import (
     HfInputs,

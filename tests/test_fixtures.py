@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from builder_qwen3vl.checkpoint import read_checkpoint
-from builder_qwen3vl.resize import hf_grid, smart_resize
+from builder_qwen3vl.checkpoint.reader import read_checkpoint
+from builder_qwen3vl.runtime.resize import hf_grid, smart_resize
 from builder_qwen3vl.testing.checkpoints import tiny_config, write_checkpoint
 
 

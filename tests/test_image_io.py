@@ -1,4 +1,4 @@
-"""builder_qwen3vl.image_io: every format PIL reads becomes 8-bit RGB as HF makes it from the file (16-bit:
+"""builder_qwen3vl.runtime.image_io: every format PIL reads becomes 8-bit RGB as HF makes it from the file (16-bit:
 >> 8, as og's decoder), a bad file is one ImageReadError line, and og's own decoder never sees a user file
 (it ends the process on BMP, WebP, TIFF, GIF and non-images; docs/bundle.md)."""
 
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from builder_qwen3vl.image_io import ImageReadError, read_image
+from builder_qwen3vl.runtime.image_io import ImageReadError, read_image
 
 CHAT = Path(__file__).resolve().parents[1] / "examples" / "chat.py"
 # Decoded with og's processor, as a user of og.Images.open would; the atexit line shows a normal exit.

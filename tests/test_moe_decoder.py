@@ -30,7 +30,7 @@ from builder_qwen3vl.decoder import build as dec
 from builder_qwen3vl.decoder import moe_experts, moe_model
 from builder_qwen3vl.decoder.moe_experts import RELEASED, TRANSFORMERS5, expert_layouts
 from builder_qwen3vl.errors import InputError
-from builder_qwen3vl.safetensors_index import TensorInfo
+from builder_qwen3vl.checkpoint.safetensors_index import TensorInfo
 from builder_qwen3vl.testing.moe_checkpoints import sparse_layers, tiny_moe_config, write_moe_checkpoint
 from compare import cosine_and_top1, max_abs_diff
 from quant_bounds import rtn_error_bound

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from builder_qwen3vl.cli import main
-from builder_qwen3vl.output_folder import STAGING_PREFIX
+from builder_qwen3vl.bundle.output_folder import STAGING_PREFIX
 
 NEW_FILES = {"genai_config.json": "new", "model.onnx": "new model", "tokenizer.json": "{}"}
 OLD_FILES = {"genai_config.json": "old", "model.onnx": "old model", "vision_encoder.onnx.data": "old data"}
@@ -138,7 +138,7 @@ def test_failed_build_keeps_the_earlier_bundle(small_ckpt: Path, tmp_path: Path,
 
 def test_not_enough_space_fails_before_any_work(small_ckpt: Path, tmp_path: Path, fake_exporters: list[Path], capsys,
                                                 monkeypatch) -> None:
-    from builder_qwen3vl import output_folder
+    from builder_qwen3vl.bundle import output_folder
 
     real = shutil.disk_usage
     monkeypatch.setattr(output_folder.shutil, "disk_usage", lambda p: real(p)._replace(free=1000))

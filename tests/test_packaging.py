@@ -46,7 +46,7 @@ def test_non_editable_install_finds_templates(wheel: Path, tmp_path: Path) -> No
     _run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", site, str(wheel)])
     probe = (
         "import builder_qwen3vl, json\n"
-        "from builder_qwen3vl.resources import templates_dir, load_template\n"
+        "from builder_qwen3vl.bundle.templates import templates_dir, load_template\n"
         "print(templates_dir())\n"
         "print(load_template('genai_config.json')['model']['type'])\n"
         "print(builder_qwen3vl.__file__)\n"

@@ -75,7 +75,7 @@ def _og_runs(bundle: Path) -> str | None:
     """Independent of verify: og.Model + og.Generator on a text prompt. None if og generates, else og's error."""
     import numpy as np
 
-    from builder_qwen3vl.og_run import greedy, load_model
+    from builder_qwen3vl.runtime.og_run import greedy, load_model
 
     try:
         list(greedy(load_model(bundle), np.array([[9707, 11, 1879]], dtype=np.int32), max_new_tokens=2))

@@ -4,9 +4,9 @@ HF side: the chat template's video tag, expanded by HF's own ``Qwen3VLProcessor.
 (timestamps and per-frame tags) and tokenized by HF's tokenizer; ``pixel_values_videos`` /
 ``video_grid_thw`` [[T, h, w]] into ``Qwen3VLForConditionalGeneration.generate`` (its own video path: one
 vision call over the T temporal patches, video M-RoPE, ``mm_token_type_ids`` 2). og side: the same frames
-as T images through ``builder_qwen3vl.video.og_inputs`` into og.Generator.
+as T images through ``builder_qwen3vl.runtime.video.og_inputs`` into og.Generator.
 
-The pixels both sides get are builder_qwen3vl.video's (HF's video processor needs torchvision, which has
+The pixels both sides get are builder_qwen3vl.runtime.video's (HF's video processor needs torchvision, which has
 no CPU build for this torch here); frame sampling and prompt text are compared with HF's code below, grids in
 test_video_settings.py. Videos use the bundle's settings (the checkpoint's released video_preprocessor_config.json),
 and a second checkpoint has spatial_merge_size 1 (transformers' own Qwen3-VL test config: a token per patch).
@@ -24,12 +24,12 @@ from PIL import Image, ImageDraw
 from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
 
 from builder_qwen3vl import build
-from builder_qwen3vl.checkpoint import read_checkpoint
-from builder_qwen3vl.og_run import chat_prompt, greedy, load_model
+from builder_qwen3vl.checkpoint.reader import read_checkpoint
+from builder_qwen3vl.runtime.og_run import chat_prompt, greedy, load_model
 from builder_qwen3vl.options import BuildOptions
 from builder_qwen3vl.testing.checkpoints import tiny_config, write_checkpoint
-from builder_qwen3vl.tokens import IMAGE_TOKEN_ID
-from builder_qwen3vl.video import (VIDEO_PAD, VIDEO_TAG, ImageSettings, VideoSettings, expand_prompt, og_inputs,
+from builder_qwen3vl.runtime.tokens import IMAGE_TOKEN_ID
+from builder_qwen3vl.runtime.video import (VIDEO_PAD, VIDEO_TAG, ImageSettings, VideoSettings, expand_prompt, og_inputs,
                                   preprocess_image, preprocess_video, sample_indices)
 from compare import load_hf_model
 from e2e_helpers import load_hf_tokenizer
@@ -175,7 +175,7 @@ def test_video_then_image_matches_hf(setup: SimpleNamespace) -> None:
 
 
 def test_sampling_follows_hf() -> None:
-    """builder_qwen3vl.video.sample_indices against HF's Qwen3VLVideoProcessor.sample_frames (pure numpy there)."""
+    """builder_qwen3vl.runtime.video.sample_indices against HF's Qwen3VLVideoProcessor.sample_frames (pure numpy there)."""
     from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
     for total, fps in ((2, 2.0), (5, 2.0), (8, 4.0), (300, 30.0), (10000, 25.0)):
@@ -216,7 +216,7 @@ def test_chat_example_video_folder(setup: SimpleNamespace, tmp_path) -> None:
 def test_read_frames_from_a_video_file(tmp_path) -> None:
     """A drawn clip written as MPEG-4 with PyAV and read back: every frame, the stream's rate, sampled as HF would."""
     av = pytest.importorskip("av")
-    from builder_qwen3vl.video import read_frames
+    from builder_qwen3vl.runtime.video import read_frames
 
     frames, fps = moving_square(10, 96, 64, seed=5), 5
     path = tmp_path / "clip.mp4"

@@ -22,11 +22,11 @@ import torch
 from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 from transformers.models.qwen3_vl.video_processing_qwen3_vl import smart_resize as hf_video_smart_resize
 
-from builder_qwen3vl.checkpoint import read_checkpoint, read_video_settings
-from builder_qwen3vl.config import VisionConfig
+from builder_qwen3vl.checkpoint.reader import read_checkpoint, read_video_settings
+from builder_qwen3vl.checkpoint.config import VisionConfig
 from builder_qwen3vl.errors import InputError
 from builder_qwen3vl.testing.checkpoints import reference_json, tiny_config
-from builder_qwen3vl.video import VideoSettings, sample_indices, video_smart_resize
+from builder_qwen3vl.runtime.video import VideoSettings, sample_indices, video_smart_resize
 
 RELEASED = reference_json("qwen3-vl-video_preprocessor_config.json")  # Qwen3-VL-*-Instruct's file
 IMAGE_FILE = reference_json("qwen3-vl-preprocessor_config.json")
@@ -71,7 +71,7 @@ FOLDERS = {  # name: the processor files of a checkpoint folder
 @pytest.mark.parametrize("name", list(FOLDERS))
 def test_reading_follows_hf_from_pretrained(tmp_path: Path, name: str, caplog: pytest.LogCaptureFixture) -> None:
     folder = _write(tmp_path / name, FOLDERS[name])
-    with caplog.at_level(logging.INFO, logger="builder_qwen3vl.checkpoint"):
+    with caplog.at_level(logging.INFO, logger="builder_qwen3vl.checkpoint.reader"):
         ours = read_video_settings(folder, _vision())
     assert _our_fields(ours) == _hf_fields(Qwen3VLVideoProcessor.from_pretrained(folder))
     assert [r.levelname for r in caplog.records] == ["INFO"] and "video settings from " in caplog.text
@@ -88,7 +88,7 @@ def test_released_file_is_carried(tmp_path: Path) -> None:
 
 
 def test_no_file_uses_class_defaults_with_the_towers_sizes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="builder_qwen3vl.checkpoint"):
+    with caplog.at_level(logging.INFO, logger="builder_qwen3vl.checkpoint.reader"):
         ours = read_video_settings(_write(tmp_path, {}), _vision(merge=1))
     assert len(caplog.records) == 1 and "video uses transformers' Qwen3VLVideoProcessor class defaults" in caplog.text
     assert _our_fields(ours) == _hf_fields(Qwen3VLVideoProcessor(merge_size=1))

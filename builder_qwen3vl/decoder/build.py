@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import io_spec
+from ..bundle import contract
 from ..errors import InputError
 from .child_process import run_in_child
 from .moe_experts import QWEN3_VL_MOE_ARCHITECTURE
@@ -29,7 +29,7 @@ from .og_builder import (QWEN3_VL_ARCHITECTURE, given_options_text, og_builder, 
 from .repeat_kv_fix import drop_repeat_kv_shape_labels
 
 if TYPE_CHECKING:
-    from ..checkpoint import Checkpoint
+    from ..checkpoint.reader import Checkpoint
     from ..options import BuildOptions
     from ..plan import BuildPlan
 
@@ -107,7 +107,7 @@ def build_decoder(
             model.make_model(input_dir)
             with stamp_with_package_commit(model):
                 model.save_model(output_dir)
-            drop_repeat_kv_shape_labels(Path(output_dir) / io_spec.DECODER_FILENAME)
+            drop_repeat_kv_shape_labels(Path(output_dir) / contract.DECODER_FILENAME)
             # og's genai_config describes the graph it built (io names, session options, KV sharing); the
             # bundle's genai_config.json is written once, by genai_config.py, from it and the plan.
             og_config_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="og_genai_"))
@@ -122,8 +122,8 @@ def build_decoder(
         deepstack_layers=model.deepstack_layers,
         num_layers=model.num_layers,
     )
-    if build.path.name != io_spec.DECODER_FILENAME:
-        log.warning("decoder written as %s, not %s (extra option filename)", build.path.name, io_spec.DECODER_FILENAME)
+    if build.path.name != contract.DECODER_FILENAME:
+        log.warning("decoder written as %s, not %s (extra option filename)", build.path.name, contract.DECODER_FILENAME)
     log.info(
         "decoder %s: %s io, %d layers, inputs_embeds width %d = (1 + %d) x %d, DeepStack %s",
         build.path, build.io_dtype, build.num_layers, build.stream_width, build.deepstack_layers, build.hidden_size,

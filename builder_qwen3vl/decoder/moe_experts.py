@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..safetensors_index import TensorInfo, read_checkpoint_tensors
+from ..checkpoint.safetensors_index import TensorInfo, read_checkpoint_tensors
 
 log = logging.getLogger(__name__)
 

@@ -6,13 +6,13 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .. import io_spec
-from ..weights import EMBED_TABLE, load_tensors
+from ..bundle import contract
+from ..checkpoint.weights import EMBED_TABLE, load_tensors
 from .export import export_embeddings
 from .shared_table import find_shared_int4_table
 
 if TYPE_CHECKING:
-    from ..checkpoint import Checkpoint
+    from ..checkpoint.reader import Checkpoint
     from ..plan import BuildPlan
 
 log = logging.getLogger(__name__)
@@ -22,9 +22,9 @@ def embeddings_step(ckpt: Checkpoint, plan: BuildPlan, out: Path) -> None:
     table = load_tensors(ckpt, [EMBED_TABLE])[EMBED_TABLE]
     shared = None
     if plan.embeddings_precision == "int4" and plan.lm_head_is_table:
-        shared, why = find_shared_int4_table(out / io_spec.DECODER_FILENAME, *table.shape)
+        shared, why = find_shared_int4_table(out / contract.DECODER_FILENAME, *table.shape)
         log.info("embeddings int4: %s", f"reading the tied {why}" if shared else f"own table (cannot share: {why})")
-    args = (table, ckpt.config.tokens.image_token_id, plan.D, out / io_spec.EMBEDDING.filename)
+    args = (table, ckpt.config.tokens.image_token_id, plan.D, out / contract.EMBEDDING.filename)
     kwargs = dict(precision=plan.embeddings_precision, io_dtype=plan.io_dtype)
     if shared is not None:
         try:

@@ -10,7 +10,7 @@ import onnx_ir as ir
 import torch
 from onnx_ir import tape as ir_tape
 
-from .. import io_spec
+from ..bundle import contract
 
 OPSET = 21
 EMBED_GATHER_NODE = "/embed_tokens/Gather"  # the only node the int4 quantizer may touch
@@ -33,7 +33,7 @@ def build_model(
     ir_dtype: ir.DataType,
     np_dtype: type,
 ) -> ir.Model:
-    spec = io_spec.EMBEDDING
+    spec = contract.EMBEDDING
     ids_name, feats_name = spec.input_names()
     (out_name,) = spec.output_names()
     ids_BS = ir.Value(name=ids_name, type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape(["batch_size", "sequence_length"]))

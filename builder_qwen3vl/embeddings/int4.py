@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import torch
 
-from .. import io_spec
+from ..bundle import contract
 from .graph import EMBED_GATHER_NODE
 
 # The int4 error is measured by running the written graph; above this many table elements only an evenly
@@ -81,7 +81,7 @@ def measure_int4_error(
         rows = np.unique(np.linspace(0, vocab - 1, _ERROR_CHECK_ELEMENTS // hidden).round().astype(np.int64))
     rows = rows[rows != image_token_id]
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    ids_name, feats_name = io_spec.EMBEDDING.input_names()
+    ids_name, feats_name = contract.EMBEDDING.input_names()
     no_feats = np.zeros((0, width), dtype=np_dtype)
     chunk = max(1, _ERROR_CHECK_OUTPUT_BYTES // (width * np.dtype(np_dtype).itemsize))
     max_err, err_sq, ref_sq = 0.0, 0.0, 0.0

@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ..permissions import apply_umask
+from ..bundle.permissions import apply_umask
 from ..testing import tokenizer
 from .cache import default_cache_dir, file_lock
 from .table import embedding_table, table_sha256

@@ -110,8 +110,8 @@ def _write_test_image(path: Path) -> str:
 
 def _expected_image_tokens(bundle: str) -> int:
     """HF's token count for the test image under the bundle's processor settings (64 for the released ones)."""
-    from ..og_run import resize_settings
-    from ..resize import hf_grid
+    from ..runtime.og_run import resize_settings
+    from ..runtime.resize import hf_grid
 
     settings = resize_settings(bundle)
     _, h, w = hf_grid(TEST_IMAGE_SIDE, TEST_IMAGE_SIDE, **settings)
@@ -120,7 +120,7 @@ def _expected_image_tokens(bundle: str) -> int:
 
 def _generate(og: Any, model: Any, tokenizer: Any, processor: Any, images: list[str], max_new_tokens: int,
               image_token: int, np: Any, expected_image_tokens: int) -> dict[str, Any]:
-    from ..og_run import chat_prompt, greedy
+    from ..runtime.og_run import chat_prompt, greedy
 
     text = chat_prompt(tokenizer, "What is in the picture?" if images else "Say hello.", len(images))
     inputs = processor(text, images=og.Images.open(*images) if images else None)

@@ -9,8 +9,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..io_spec import VIDEO_CONFIG_FILENAME
-from ..video_settings import VideoSettings
+from ..bundle.contract import VIDEO_CONFIG_FILENAME
+from ..runtime.video_settings import VideoSettings
 from .graphs import FLOAT_TYPES, Graph, dtype_of, expect, load_graph, text_hidden_size, unfed_inputs
 
 if TYPE_CHECKING:
@@ -250,7 +250,7 @@ def _check_processor(processor: dict[str, Any], path: Path, report: VerifyReport
 
 
 def _check_video(path: Path, vision: dict[str, Any], report: VerifyReport) -> None:
-    """The checkpoint's video settings (builder_qwen3vl.video reads them; og does not), on the tower's sizes."""
+    """The checkpoint's video settings (builder_qwen3vl.runtime.video reads them; og does not), on the tower's sizes."""
     if not path.is_file():  # a bundle built before the file: its video would use transformers' defaults
         report.failures.append(f"{path.name}: missing (the checkpoint's video settings; rebuild the bundle)")
         return

@@ -5,15 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .. import io_spec
+from ..bundle import contract
 from .export import export_vision_encoder
 from .load import load_hf_visual
 
 if TYPE_CHECKING:
-    from ..checkpoint import Checkpoint
+    from ..checkpoint.reader import Checkpoint
     from ..plan import BuildPlan
 
 
 def vision_step(ckpt: Checkpoint, plan: BuildPlan, out: Path) -> Path:
-    return export_vision_encoder(load_hf_visual(ckpt), out / io_spec.VISION.filename, dtype=plan.vision_dtype,
+    return export_vision_encoder(load_hf_visual(ckpt), out / contract.VISION.filename, dtype=plan.vision_dtype,
                                  weights=plan.vision_weights, width=plan.W)

@@ -21,7 +21,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from ..io_spec import VISION
+from ..bundle.contract import VISION
 from .formats import DYNAMIC_FORMATS
 from .model import Qwen3VLVisionExportModule
 from .quantize import quantize_dynamic, quantize_matmul_weights, store_matmul_weights_fp16

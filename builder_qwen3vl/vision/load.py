@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..weights import load_prefix
+from ..checkpoint.weights import load_prefix
 
 if TYPE_CHECKING:
-    from ..checkpoint import Checkpoint
+    from ..checkpoint.reader import Checkpoint
 
 VISION_PREFIX = "model.visual."
 

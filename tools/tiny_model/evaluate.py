@@ -32,7 +32,7 @@ if __package__ in (None, ""):  # run as a file: tools/ on the path makes this fo
 
 from builder_qwen3vl.shipped import shapes_task  # noqa: E402
 from builder_qwen3vl.shipped.assembly import shipped_checkpoint  # noqa: E402
-from builder_qwen3vl.tokens import EOS_IDS  # noqa: E402
+from builder_qwen3vl.runtime.tokens import EOS_IDS  # noqa: E402
 from tiny_model.encoding import Encoder, collate  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ class OgRunner:
     def __init__(self, bundle: Path) -> None:
         import onnxruntime_genai as og
 
-        from builder_qwen3vl.og_run import load_model, resize_settings
+        from builder_qwen3vl.runtime.og_run import load_model, resize_settings
 
         self.og = og
         self.model = load_model(bundle)
@@ -117,13 +117,13 @@ class OgRunner:
         self.resize = resize_settings(bundle)
 
     def prompt(self, question: str) -> str:
-        from builder_qwen3vl.og_run import chat_prompt
+        from builder_qwen3vl.runtime.og_run import chat_prompt
 
         return chat_prompt(self.tokenizer, question, num_images=1)
 
     def answer(self, sample: shapes_task.Sample) -> tuple[str, list[int]]:
-        from builder_qwen3vl.og_run import greedy
-        from builder_qwen3vl.resize import resize_for_og
+        from builder_qwen3vl.runtime.og_run import greedy
+        from builder_qwen3vl.runtime.resize import resize_for_og
 
         png = io.BytesIO()
         resize_for_og(sample.image, **self.resize).save(png, format="PNG")

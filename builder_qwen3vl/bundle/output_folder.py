@@ -21,8 +21,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import io_spec
-from .errors import BuildError, InputError
+from . import contract
+from ..errors import BuildError, InputError
 from .permissions import apply_umask
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ def is_bundle_entry(path: Path) -> bool:
     """A file a bundle has (any version's), or a staging folder an interrupted build left behind."""
     if path.name.startswith(STAGING_PREFIX):
         return path.is_dir() and not path.is_symlink()
-    return path.name in io_spec.BUNDLE_FILE_NAMES and (path.is_symlink() or path.is_file())
+    return path.name in contract.BUNDLE_FILE_NAMES and (path.is_symlink() or path.is_file())
 
 
 def check_output_folder(input_dir: Path, output_dir: Path, overwrite: bool) -> None:

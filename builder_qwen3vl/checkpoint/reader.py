@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from .config import Qwen3VLConfig, TextConfig, VisionConfig
-from .errors import InputError
-from .io_spec import (CHAT_TEMPLATE_FILES, OPTIONAL_TOKENIZER_FILES, PROCESSOR_CONFIG_FILENAME, TOKENIZER_FILES,
+from ..errors import InputError
+from ..bundle.contract import (CHAT_TEMPLATE_FILES, OPTIONAL_TOKENIZER_FILES, PROCESSOR_CONFIG_FILENAME, TOKENIZER_FILES,
                       VIDEO_CONFIG_FILENAME)
 from .safetensors_index import FLOAT_DTYPES, TensorInfo, read_checkpoint_tensors
-from .video_settings import VideoSettings
+from ..runtime.video_settings import VideoSettings
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ TEMPLATE_NAMES = ("genai_config.json", "vision_processor.json")
 
 
 def templates_dir() -> Path:
-    package_dir = Path(__file__).resolve().parent
+    package_dir = Path(__file__).resolve().parent.parent  # builder_qwen3vl/
     for candidate in (package_dir / "configs", package_dir.parent / "configs"):
         if (candidate / TEMPLATE_NAMES[0]).is_file():
             return candidate

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import InputError
+from ..errors import InputError
 
 QWEN3_VL_ARCHITECTURE = "Qwen3VLForConditionalGeneration"
 QWEN3_VL_MODEL_TYPE = "qwen3_vl"

@@ -6,7 +6,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from .checkpoint import Checkpoint
+from .reader import Checkpoint
 
 if TYPE_CHECKING:
     import torch

@@ -11,7 +11,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InputError
+from ..errors import InputError
 
 # safetensors dtype tags of the float weights we read
 FLOAT_DTYPES = {"F32", "F16", "BF16"}

@@ -13,11 +13,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from . import io_spec
-from .config import Qwen3VLConfig
-from .plan import BuildPlan
-from .resources import load_template
-from .video_settings import VideoSettings
+from . import contract
+from ..checkpoint.config import Qwen3VLConfig
+from ..plan import BuildPlan
+from .templates import load_template
+from ..runtime.video_settings import VideoSettings
 
 DEFAULT_DECODER_INPUTS = {
     "inputs_embeds": "inputs_embeds",
@@ -72,24 +72,24 @@ def make_genai_config(cfg: Qwen3VLConfig, plan: BuildPlan, og_genai: dict[str, A
     if "session_options" in og_decoder:
         decoder["session_options"] = og_decoder["session_options"]
     decoder["session_options"]["provider_options"] = providers
-    decoder["filename"] = io_spec.DECODER_FILENAME
+    decoder["filename"] = contract.DECODER_FILENAME
 
     embedding = model["embedding"]
     embedding.update(
-        filename=io_spec.EMBEDDING.filename,
-        inputs=io_spec.config_names(io_spec.EMBEDDING.inputs),
-        outputs=io_spec.config_names(io_spec.EMBEDDING.outputs),
+        filename=contract.EMBEDDING.filename,
+        inputs=contract.config_names(contract.EMBEDDING.inputs),
+        outputs=contract.config_names(contract.EMBEDDING.outputs),
     )
     embedding["session_options"]["provider_options"] = providers
 
     vis = model["vision"]
     vis.update(
-        filename=io_spec.VISION.filename,
-        config_filename=io_spec.PROCESSOR_CONFIG_FILENAME,
+        filename=contract.VISION.filename,
+        config_filename=contract.PROCESSOR_CONFIG_FILENAME,
         spatial_merge_size=vision.spatial_merge_size,
         patch_size=vision.patch_size,
-        inputs=io_spec.config_names(io_spec.VISION.inputs),
-        outputs=io_spec.config_names(io_spec.VISION.outputs),
+        inputs=contract.config_names(contract.VISION.inputs),
+        outputs=contract.config_names(contract.VISION.outputs),
     )
     vis["session_options"]["provider_options"] = providers
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from . import io_spec
+from ..bundle import contract
 from .tokens import IMAGE_TAG
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def chat_prompt(tokenizer: Any, question: str, num_images: int = 0, system_promp
 
 def resize_settings(bundle: str | Path) -> dict[str, int]:
     """The Resize step of the bundle's processor_config.json, as keyword arguments of ``resize.resize_for_og``."""
-    doc = json.loads((Path(bundle) / io_spec.PROCESSOR_CONFIG_FILENAME).read_text())
+    doc = json.loads((Path(bundle) / contract.PROCESSOR_CONFIG_FILENAME).read_text())
     attrs = next(t["operation"]["attrs"] for t in doc["processor"]["transforms"] if t["operation"]["type"] == "Resize")
     return {k: int(attrs[k]) for k in ("patch_size", "merge_size", "min_pixels", "max_pixels")}
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .io_spec import PROCESSOR_CONFIG_FILENAME, VIDEO_CONFIG_FILENAME
+from ..bundle.contract import PROCESSOR_CONFIG_FILENAME, VIDEO_CONFIG_FILENAME
 
 # transformers 5.x ``Qwen3VLVideoProcessor`` class attributes (what ``Qwen3VLVideoProcessor()`` uses).
 HF_VIDEO_DEFAULTS: dict[str, Any] = {

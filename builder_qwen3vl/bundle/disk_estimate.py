@@ -12,11 +12,11 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from .weights import EMBED_TABLE
+from ..checkpoint.weights import EMBED_TABLE
 
 if TYPE_CHECKING:
-    from .checkpoint import Checkpoint
-    from .plan import BuildPlan
+    from ..checkpoint.reader import Checkpoint
+    from ..plan import BuildPlan
 
 BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "int4": 0.5 + 4 / 32, "int8": 1.0 + 4 / 32, "qint8": 1.0, "quint8": 1.0}
 MARGIN = 1.10
