@@ -30,8 +30,8 @@ DEFAULT_INTRA_OP_NUM_THREADS = 0
 
 @dataclass(frozen=True)
 class BuildPlan:
-    D: int  # DeepStack blocks (len(vision_config.deepstack_visual_indexes))
-    H: int  # text hidden size
+    num_deepstack: int  # D: DeepStack blocks (len(vision_config.deepstack_visual_indexes))
+    hidden_size: int  # H: text hidden size
     num_layers: int  # text decoder layers
     precision: str  # decoder weights, og's -p: "fp32" | "fp16" | "int4"
     execution_provider: str
@@ -46,13 +46,14 @@ class BuildPlan:
     max_length: int  # search.max_length
 
     @property
-    def W(self) -> int:
-        return (1 + self.D) * self.H
+    def stream_width(self) -> int:
+        """W = (1 + D) * H: the width of image_features and inputs_embeds."""
+        return (1 + self.num_deepstack) * self.hidden_size
 
     def check_decoder(self, build: DecoderBuild) -> None:
         """The og builder's graph must match the plan the other exporters follow."""
-        got = (build.deepstack_layers, build.hidden_size, build.stream_width, build.io_dtype, build.num_layers)
-        want = (self.D, self.H, self.W, self.io_dtype, self.num_layers)
+        got = (build.num_deepstack, build.hidden_size, build.stream_width, build.io_dtype, build.num_layers)
+        want = (self.num_deepstack, self.hidden_size, self.stream_width, self.io_dtype, self.num_layers)
         if got != want:
             raise RuntimeError(f"og builder: decoder has (D, H, W, io dtype, layers) = {got}, the build plan says {want}")
 
@@ -85,8 +86,8 @@ def make_plan(cfg: Qwen3VLConfig, options: BuildOptions, *, lm_head_is_table: bo
     vision_dtype, vision_weights = resolve_vision_format(options.precision, io_dtype, options.vision_precision, where)
     threads = options.intra_op_num_threads
     return BuildPlan(
-        D=cfg.num_deepstack,
-        H=cfg.text.hidden_size,
+        num_deepstack=cfg.num_deepstack,
+        hidden_size=cfg.text.hidden_size,
         num_layers=cfg.text.num_hidden_layers,
         precision=options.precision,
         execution_provider=options.execution_provider,

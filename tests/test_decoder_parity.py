@@ -82,7 +82,7 @@ def test_graph_io_and_genai_config(fp32_build) -> None:
     assert fp32_build.stream_width == 256
     assert not (fp32_build.path.parent / "genai_config.json").exists()
     assert (fp32_build.path.parent / "model.onnx.data").exists()
-    assert (fp32_build.hidden_size, fp32_build.deepstack_layers, fp32_build.num_layers) == (HIDDEN, DEEPSTACK, NUM_LAYERS)
+    assert (fp32_build.hidden_size, fp32_build.num_deepstack, fp32_build.num_layers) == (HIDDEN, DEEPSTACK, NUM_LAYERS)
 
 
 def test_5x_config_format_builds_the_same_decoder(fp32_build, steps, tmp_path_factory) -> None:

@@ -68,12 +68,12 @@ def test_io_names_shapes_and_dtypes(fp32_export) -> None:
     assert [o.name for o in sess.get_outputs()] == contract.EMBEDDING.output_names()
     ids, feats, out = sess.get_inputs()[0], sess.get_inputs()[1], sess.get_outputs()[0]
     assert ids.type == "tensor(int64)" and feats.type == "tensor(float)" and out.type == "tensor(float)"
-    assert feats.shape[1] == out.shape[2] == fp32_export.width == 4 * 64
+    assert feats.shape[1] == out.shape[2] == fp32_export.stream_width == 4 * 64
     assert (fp32_export.path.parent / "embeddings.onnx.data").exists()
 
 
 def test_fp32_exact_vs_hf(hf_model, fp32_export) -> None:
-    ids, feats = _inputs(fp32_export.width, np.float32)
+    ids, feats = _inputs(fp32_export.stream_width, np.float32)
     (got,) = _session(fp32_export.path).run(None, {"input_ids": ids, "image_features": feats})
     ref = _hf_wide(hf_model, ids, feats, torch.float32)
     print(f"fp32 embeddings max|diff| vs HF = {np.abs(got - ref).max():.3g}")
@@ -83,16 +83,16 @@ def test_fp32_exact_vs_hf(hf_model, fp32_export) -> None:
 def test_zero_image_rows_text_only(hf_model, fp32_export) -> None:
     """og's decode steps: image_features with 0 rows, no image token."""
     ids = np.array([[5, 17, 151643]], dtype=np.int64)
-    (got,) = _session(fp32_export.path).run(None, {"input_ids": ids, "image_features": np.zeros((0, fp32_export.width), np.float32)})
+    (got,) = _session(fp32_export.path).run(None, {"input_ids": ids, "image_features": np.zeros((0, fp32_export.stream_width), np.float32)})
     table = hf_model.model.language_model.embed_tokens.weight.detach().numpy()
-    assert got.shape == (1, 3, fp32_export.width)
+    assert got.shape == (1, 3, fp32_export.stream_width)
     np.testing.assert_array_equal(got[..., :64], table[ids])
     assert not got[..., 64:].any()
 
 
 def test_more_image_tokens_than_rows_is_an_error(fp32_export) -> None:
     ids = np.array([[IMAGE_TOKEN_ID, IMAGE_TOKEN_ID, 3]], dtype=np.int64)
-    feats = np.ones((1, fp32_export.width), np.float32)
+    feats = np.ones((1, fp32_export.stream_width), np.float32)
     with pytest.raises(Exception, match="(?i)index|out of"):
         _session(fp32_export.path).run(None, {"input_ids": ids, "image_features": feats})
 
@@ -103,7 +103,7 @@ def test_fp16_exact_vs_fp16_table(hf_model, tmp_path: Path) -> None:
     assert export.io_dtype == "float16"
     sess = _session(export.path)
     assert sess.get_inputs()[1].type == "tensor(float16)" and sess.get_outputs()[0].type == "tensor(float16)"
-    ids, feats = _inputs(export.width, np.float16, seed=1)
+    ids, feats = _inputs(export.stream_width, np.float16, seed=1)
     (got,) = sess.run(None, {"input_ids": ids, "image_features": feats})
     ref = _hf_wide(hf_model, ids, feats, torch.float16)
     np.testing.assert_array_equal(got, ref)
@@ -152,7 +152,7 @@ def test_int4_error_vs_hf_fp32_table(hf_model, int4_export) -> None:
     folder = int4_export.path.parent
     size = sum(p.stat().st_size for p in folder.iterdir())
     sess = _session(int4_export.path)
-    ids, feats = _inputs(int4_export.width, np.float32, seed=2)
+    ids, feats = _inputs(int4_export.stream_width, np.float32, seed=2)
     (got,) = sess.run(None, {"input_ids": ids, "image_features": feats})
     ref = _hf_wide(hf_model, ids, feats, torch.float32)
     text = ids != IMAGE_TOKEN_ID
@@ -160,7 +160,7 @@ def test_int4_error_vs_hf_fp32_table(hf_model, int4_export) -> None:
     bound = rtn_error_bound(table[ids[text]], symmetric)
     # Our own run over 4096 random rows (text rows only, no image features: og's decode-step shape).
     rows = np.random.default_rng(3).choice(np.delete(np.arange(table.shape[0]), IMAGE_TOKEN_ID), 4096, replace=False)
-    (many,) = sess.run(None, {"input_ids": rows[None], "image_features": np.zeros((0, int4_export.width), np.float32)})
+    (many,) = sess.run(None, {"input_ids": rows[None], "image_features": np.zeros((0, int4_export.stream_width), np.float32)})
     many_err = many[0, :, :64].astype(np.float64) - table[rows]
     rel_rms = np.linalg.norm(many_err) / np.linalg.norm(table[rows])
     print(
@@ -188,10 +188,10 @@ def test_int4_error_vs_hf_fp32_table(hf_model, int4_export) -> None:
 def test_int4_zero_image_rows_text_only(hf_model, int4_export) -> None:
     """og's decode steps with an int4 table: image_features with 0 rows."""
     ids = np.array([[5, 17, 151643]], dtype=np.int64)
-    feats = np.zeros((0, int4_export.width), np.float32)
+    feats = np.zeros((0, int4_export.stream_width), np.float32)
     (got,) = _session(int4_export.path).run(None, {"input_ids": ids, "image_features": feats})
     table = hf_model.model.language_model.embed_tokens.weight.detach().numpy()
-    assert got.shape == (1, 3, int4_export.width)
+    assert got.shape == (1, 3, int4_export.stream_width)
     assert (np.abs(got[0, :, :64] - table[ids[0]]) <= rtn_error_bound(table[ids[0]], _is_symmetric(int4_export)) * (1 + 1e-5)).all()
     assert not got[..., 64:].any()
 

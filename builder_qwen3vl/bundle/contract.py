@@ -12,7 +12,9 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
-    dims: tuple[str | int, ...]  # symbolic names or fixed sizes; "wide" W = (1 + D) * H, "hidden" H, "deepstack" D
+    # Symbolic names or fixed sizes. Three names are fixed per bundle: "stream_width" W = (1 + D) * H,
+    # "hidden_size" H and "num_deepstack" D; the others are dynamic axes.
+    dims: tuple[str | int, ...]
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,7 @@ class ModelIO:
         return [t.name for t in self.outputs + self.extra_outputs]
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
-        fixed = ("wide", "patch_dim", "hidden", "deepstack")
+        fixed = ("stream_width", "patch_dim", "hidden_size", "num_deepstack")
         return {
             t.name: {i: d for i, d in enumerate(t.dims) if isinstance(d, str) and d not in fixed}
             for t in self.inputs + self.outputs + self.extra_outputs
@@ -43,12 +45,12 @@ VISION = ModelIO(
         TensorSpec("pixel_values", ("num_patches", "patch_dim")),
         TensorSpec("image_grid_thw", ("num_images", 3)),
     ),
-    outputs=(TensorSpec("image_features", ("num_tokens", "wide")),),
-    # The columns of image_features by name: "hidden" is H, "deepstack" is D (og PR #2513 names its
+    outputs=(TensorSpec("image_features", ("num_tokens", "stream_width")),),
+    # The columns of image_features by name: "hidden_size" is H, "num_deepstack" is D (og PR #2513 names its
     # per-block vision outputs deepstack_features_{i}; one stacked tensor keeps this list independent of D).
     extra_outputs=(
-        TensorSpec("image_embeds", ("num_tokens", "hidden")),
-        TensorSpec("deepstack_features", ("deepstack", "num_tokens", "hidden")),
+        TensorSpec("image_embeds", ("num_tokens", "hidden_size")),
+        TensorSpec("deepstack_features", ("num_deepstack", "num_tokens", "hidden_size")),
     ),
 )
 
@@ -56,15 +58,30 @@ EMBEDDING = ModelIO(
     filename="embeddings.onnx",
     inputs=(
         TensorSpec("input_ids", ("batch_size", "sequence_length")),
-        TensorSpec("image_features", ("num_image_tokens", "wide")),
+        TensorSpec("image_features", ("num_image_tokens", "stream_width")),
     ),
-    outputs=(TensorSpec("inputs_embeds", ("batch_size", "sequence_length", "wide")),),
+    outputs=(TensorSpec("inputs_embeds", ("batch_size", "sequence_length", "stream_width")),),
 )
 
 DECODER_FILENAME = "model.onnx"
 GENAI_CONFIG_FILENAME = "genai_config.json"
 PROCESSOR_CONFIG_FILENAME = "processor_config.json"
 VIDEO_CONFIG_FILENAME = "video_preprocessor_config.json"
+
+# og 0.18's runtime: the model type its VLM pipeline accepts for Qwen3-VL (og's builder writes "qwen3vl"),
+# and the names og uses for a section's inputs/outputs when genai_config.json does not give them.
+OG_MODEL_TYPE = "qwen3_vl"
+OG_DEFAULT_NAMES = {
+    "vision": {"inputs": {"pixel_values": "pixel_values", "image_grid_thw": "image_sizes"},
+               "outputs": {"image_features": "image_features"}},
+    "embedding": {"inputs": {"input_ids": "input_ids", "image_features": "image_features"},
+                  "outputs": {"inputs_embeds": "inputs_embeds"}},
+    "decoder": {"inputs": {"inputs_embeds": "inputs_embeds", "attention_mask": "attention_mask",
+                           "position_ids": "position_ids", "past_key_names": "past_key_values.%d.key",
+                           "past_value_names": "past_key_values.%d.value"},
+                "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
+                            "present_value_names": "present.%d.value"}},
+}
 
 # Tokenizer files a checkpoint has (the first two required) and the bundle copies.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")

@@ -1,6 +1,6 @@
 """Writers for genai_config.json and the image and video processor configs, filled from the checkpoint.
 
-Field choices follow what og 0.18 needs (../shared/notes/ogenai-qwen3vl-runtime-contract.md):
+Field choices follow what og 0.18 needs (docs/bundle.md lists every field and why):
 - decoder.hidden_size is the WIDE width (1 + D) * H, because og sizes the image_features and
   inputs_embeds buffers with it and DeepStack travels in the extra columns;
 - image_token_id / vision_start_token_id / pad_token_id are always written: without them og
@@ -19,20 +19,6 @@ from ..plan import BuildPlan
 from .templates import load_template
 from ..runtime.video_settings import VideoSettings
 
-DEFAULT_DECODER_INPUTS = {
-    "inputs_embeds": "inputs_embeds",
-    "attention_mask": "attention_mask",
-    "position_ids": "position_ids",
-    "past_key_names": "past_key_values.%d.key",
-    "past_value_names": "past_key_values.%d.value",
-}
-DEFAULT_DECODER_OUTPUTS = {
-    "logits": "logits",
-    "present_key_names": "present.%d.key",
-    "present_value_names": "present.%d.value",
-}
-
-
 def provider_options(execution_provider: str) -> list[dict[str, Any]]:
     return [] if execution_provider == "cpu" else [{execution_provider: {}}]
 
@@ -45,6 +31,7 @@ def make_genai_config(cfg: Qwen3VLConfig, plan: BuildPlan, og_genai: dict[str, A
     KV buffer unless a request sets its own."""
     doc = load_template("genai_config.json")
     model = doc["model"]
+    model["type"] = contract.OG_MODEL_TYPE
     tok, text, vision = cfg.tokens, cfg.text, cfg.vision
     model.update(
         bos_token_id=tok.bos_token_id if tok.bos_token_id is not None else tok.pad_token_id,
@@ -62,12 +49,12 @@ def make_genai_config(cfg: Qwen3VLConfig, plan: BuildPlan, og_genai: dict[str, A
     og_decoder = og_genai.get("model", {}).get("decoder", {})
     decoder.update(
         head_size=text.head_dim,
-        hidden_size=plan.W,
+        hidden_size=plan.stream_width,
         num_attention_heads=text.num_attention_heads,
         num_hidden_layers=text.num_hidden_layers,
         num_key_value_heads=text.num_key_value_heads,
-        inputs=dict(og_decoder.get("inputs") or DEFAULT_DECODER_INPUTS),
-        outputs=dict(og_decoder.get("outputs") or DEFAULT_DECODER_OUTPUTS),
+        inputs=dict(og_decoder.get("inputs") or contract.OG_DEFAULT_NAMES["decoder"]["inputs"]),
+        outputs=dict(og_decoder.get("outputs") or contract.OG_DEFAULT_NAMES["decoder"]["outputs"]),
     )
     if "session_options" in og_decoder:
         decoder["session_options"] = og_decoder["session_options"]

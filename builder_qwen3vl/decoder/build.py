@@ -45,7 +45,7 @@ class DecoderBuild:
     io_dtype: str  # "float32" / "float16" / "bfloat16": dtype of inputs_embeds, logits and the KV cache
     hidden_size: int  # H
     stream_width: int  # (1 + D) * H: inputs_embeds width = decoder.hidden_size in genai_config
-    deepstack_layers: int  # D
+    num_deepstack: int  # D
     num_layers: int
 
 
@@ -119,14 +119,14 @@ def build_decoder(
         io_dtype={"FLOAT": "float32", "FLOAT16": "float16", "BFLOAT16": "bfloat16"}[model.io_dtype.name],
         hidden_size=model.hidden_size,
         stream_width=model.stream_width,
-        deepstack_layers=model.deepstack_layers,
+        num_deepstack=model.num_deepstack,
         num_layers=model.num_layers,
     )
     if build.path.name != contract.DECODER_FILENAME:
         log.warning("decoder written as %s, not %s (extra option filename)", build.path.name, contract.DECODER_FILENAME)
     log.info(
         "decoder %s: %s io, %d layers, inputs_embeds width %d = (1 + %d) x %d, DeepStack %s",
-        build.path, build.io_dtype, build.num_layers, build.stream_width, build.deepstack_layers, build.hidden_size,
+        build.path, build.io_dtype, build.num_layers, build.stream_width, build.num_deepstack, build.hidden_size,
         "on" if deepstack else "OFF",
     )
     return build

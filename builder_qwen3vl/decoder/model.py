@@ -41,16 +41,16 @@ class DeepStackMixin:
 
     def __init__(self, config, io_dtype, onnx_dtype, ep, cache_dir, extra_options):
         super().__init__(config, io_dtype, onnx_dtype, ep, cache_dir, extra_options)
-        deepstack_layers = len(config.vision_config.deepstack_visual_indexes)
+        num_deepstack = len(config.vision_config.deepstack_visual_indexes)
         if not self.exclude_embeds:
             raise ValueError("DeepStack decoder: extra option exclude_embeds must be true (the embedding is a separate model)")
-        if deepstack_layers == self.num_layers and self.prunes_hidden_rows():
+        if num_deepstack == self.num_layers and self.prunes_hidden_rows():
             raise ValueError("DeepStack decoder: a DeepStack block after the last layer cannot follow og's "
                              "hidden-row pruning (paged attention)")
-        self.deepstack_layers = deepstack_layers
+        self.num_deepstack = num_deepstack
         self.apply_deepstack = bool(extra_options.get(APPLY_DEEPSTACK, True))
         self.spill_before_quantizing = bool(extra_options.get(SPILL_BEFORE_QUANTIZING, False))
-        self.stream_width = (1 + deepstack_layers) * self.hidden_size
+        self.stream_width = (1 + num_deepstack) * self.hidden_size
         self.deepstack_blocks: list[str] = []  # Split outputs 1..D, set when layer 0 is made
 
     def make_inputs_and_outputs(self):
@@ -60,14 +60,14 @@ class DeepStackMixin:
     def make_layer(self, layer_id, layer):
         if layer_id == 0:
             self._split_wide_stream()
-        elif self.apply_deepstack and layer_id <= self.deepstack_layers:
+        elif self.apply_deepstack and layer_id <= self.num_deepstack:
             self._add_deepstack_to_residual(layer_id)
         super().make_layer(layer_id, layer)
 
     def make_layernorm(self, layer_id, layernorm, skip, simple, location):
         # With D == number of layers, HF adds the last block after the last decoder layer, before the
         # final norm: the final SkipLayerNorm's root input is that residual.
-        if location == "final_norm" and self.apply_deepstack and self.deepstack_layers == self.num_layers:
+        if location == "final_norm" and self.apply_deepstack and self.num_deepstack == self.num_layers:
             self._add_deepstack_to_residual(self.num_layers)
         super().make_layernorm(layer_id, layernorm, skip, simple, location)
 
@@ -79,7 +79,7 @@ class DeepStackMixin:
                 f"(root_input={self.layernorm_attrs['root_input']!r}); the DeepStack split cannot be placed"
             )
         name = "/model/deepstack/Split"
-        outputs = [f"{name}/output_{i}" for i in range(1 + self.deepstack_layers)]
+        outputs = [f"{name}/output_{i}" for i in range(1 + self.num_deepstack)]
         self.make_split(
             name,
             [embeds],

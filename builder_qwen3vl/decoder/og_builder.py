@@ -21,7 +21,6 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-OG_MODEL_TYPE = "qwen3_vl"  # what onnxruntime-genai 0.18 accepts; og's builder writes "qwen3vl"
 QWEN3_VL_ARCHITECTURE = "Qwen3VLForConditionalGeneration"
 # og's help text calls these "deprecated aliases that still work", but og 0.18 reads only the
 # unprefixed names: an int4_* key would be silently ignored, so we translate it.

@@ -24,7 +24,7 @@ def embeddings_step(ckpt: Checkpoint, plan: BuildPlan, out: Path) -> None:
     if plan.embeddings_precision == "int4" and plan.lm_head_is_table:
         shared, why = find_shared_int4_table(out / contract.DECODER_FILENAME, *table.shape)
         log.info("embeddings int4: %s", f"reading the tied {why}" if shared else f"own table (cannot share: {why})")
-    args = (table, ckpt.config.tokens.image_token_id, plan.D, out / contract.EMBEDDING.filename)
+    args = (table, ckpt.config.tokens.image_token_id, plan.num_deepstack, out / contract.EMBEDDING.filename)
     kwargs = dict(precision=plan.embeddings_precision, io_dtype=plan.io_dtype)
     if shared is not None:
         try:

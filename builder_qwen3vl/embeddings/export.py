@@ -53,7 +53,7 @@ class EmbeddingsExport:
     precision: str
     io_dtype: str  # "float32" or "float16": dtype of image_features and inputs_embeds
     hidden_size: int  # H
-    width: int  # (1 + D) * H, the last dim of image_features and inputs_embeds
+    stream_width: int  # (1 + D) * H, the last dim of image_features and inputs_embeds
     int4_max_abs_error: float | None = None  # max |embeddings.onnx text row - float table row| over the rows run
     int4_rel_rms_error: float | None = None  # ||error||_2 / ||float rows||_2 over the same rows
     int4_error_rows: int | None = None  # how many table rows the two figures above cover
@@ -62,7 +62,7 @@ class EmbeddingsExport:
 def export_embeddings(
     embed_weight: torch.Tensor,
     image_token_id: int,
-    deepstack_layers: int,
+    num_deepstack: int,
     path: str | Path,
     precision: str = "fp32",
     *,
@@ -73,7 +73,7 @@ def export_embeddings(
 ) -> EmbeddingsExport:
     """Write embeddings.onnx (+ embeddings.onnx.data) for the [V, H] table ``embed_weight``.
 
-    ``deepstack_layers`` is D: inputs_embeds and image_features are (1 + D) * H wide.
+    ``num_deepstack`` is D: inputs_embeds and image_features are (1 + D) * H wide.
     ``io_dtype`` ("float32"/"float16") must match the decoder's (the build plan's); default: float16 for an
     fp16 table, else float32.
     ``block_size`` and ``is_symmetric`` (og's names) only apply to int4.
@@ -87,14 +87,14 @@ def export_embeddings(
         raise ValueError(f"io_dtype: '{io_dtype}' is not one of {', '.join(IO_DTYPES)}")
     if embed_weight.dim() != 2:
         raise ValueError(f"embed_weight: expected a [vocab, hidden] table, got shape {list(embed_weight.shape)}")
-    if deepstack_layers < 0:
-        raise ValueError(f"deepstack_layers: expected >= 0, got {deepstack_layers}")
+    if num_deepstack < 0:
+        raise ValueError(f"num_deepstack: expected >= 0, got {num_deepstack}")
     vocab, hidden = embed_weight.shape
     if not 0 <= image_token_id < vocab:
         raise ValueError(f"image_token_id: {image_token_id} is outside the vocabulary [0, {vocab})")
     if precision == "int4":
         check_block_size(block_size)
-    width = (1 + deepstack_layers) * hidden
+    stream_width = (1 + num_deepstack) * hidden
     ir_dtype, np_dtype = IO_DTYPES[io_dtype]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -107,7 +107,7 @@ def export_embeddings(
         if path.parent.resolve() != shared_table.folder.resolve():
             raise ValueError(f"shared_table: {path} must be written beside the decoder in {shared_table.folder}")
         block_size, is_symmetric = shared_table.block_size, True
-        model = build_model(shared_lookup(shared_table, path.parent), hidden, width, image_token_id, ir_dtype, np_dtype)
+        model = build_model(shared_lookup(shared_table, path.parent), hidden, stream_width, image_token_id, ir_dtype, np_dtype)
         path.with_name(path.name + ".data").unlink(missing_ok=True)  # a stale own table from an earlier export
     elif precision == "int4":
         # The quantizer works on a ModelProto: build the float graph in the io dtype (so scales and
@@ -115,7 +115,7 @@ def export_embeddings(
         # quantizer holds the table twice (proto bytes + its numpy copy) plus int8 codes; measured peak
         # 3.3 GB above the caller's table for the 2B table (1.24 GB in float32), i.e. ~2.7x.
         proto = ir.to_proto(build_model(float_lookup(float_table(embed_weight, np_dtype), ir_dtype),
-                                         hidden, width, image_token_id, ir_dtype, np_dtype))
+                                         hidden, stream_width, image_token_id, ir_dtype, np_dtype))
         start = time.perf_counter()
         proto = quantize_table_gather(proto, block_size, is_symmetric)
         log.info("embeddings int4: onnxruntime quantizer took %.1f s", time.perf_counter() - start)
@@ -126,16 +126,16 @@ def export_embeddings(
         if table_dtype != np_dtype:  # e.g. an fp32 table on a float16 stream
             log.warning("embeddings: %s table on a %s stream; the Gather output is cast", precision, io_dtype)
         lookup = float_lookup(float_table(embed_weight, table_dtype), ir_dtype)
-        model = build_model(lookup, hidden, width, image_token_id, ir_dtype, np_dtype)
+        model = build_model(lookup, hidden, stream_width, image_token_id, ir_dtype, np_dtype)
     # Without an external_data argument onnx_ir keeps ExternalTensors as they are: the shared table stays
     # a reference into the decoder's file.
     ir.save(model, path, external_data=None if shared_table is not None else path.name + ".data")
     del model
-    log.info("wrote %s (%s, width %d = (1 + %d) x %d)", path, precision, width, deepstack_layers, hidden)
-    export = EmbeddingsExport(path=path, precision=precision, io_dtype=io_dtype, hidden_size=hidden, width=width)
+    log.info("wrote %s (%s, width %d = (1 + %d) x %d)", path, precision, stream_width, num_deepstack, hidden)
+    export = EmbeddingsExport(path=path, precision=precision, io_dtype=io_dtype, hidden_size=hidden, stream_width=stream_width)
     if precision != "int4":
         return export
-    max_err, rel_rms, rows = measure_int4_error(path, embed_weight, image_token_id, width, np_dtype)
+    max_err, rel_rms, rows = measure_int4_error(path, embed_weight, image_token_id, stream_width, np_dtype)
     log.info(
         "embeddings int4 (block %d, %s%s) vs the float table over %d of %d rows: max|err| %.3g, relative RMS err %.3g",
         block_size, "symmetric" if is_symmetric else "asymmetric",

@@ -28,7 +28,7 @@ def _lookup_float(t: ir_tape.Tape, ids_T: ir.Value, table_VH: np.ndarray) -> ir.
 def build_model(
     table_lookup: Callable[[ir_tape.Tape, ir.Value], ir.Value],
     hidden: int,
-    width: int,
+    stream_width: int,
     image_token_id: int,
     ir_dtype: ir.DataType,
     np_dtype: type,
@@ -37,13 +37,13 @@ def build_model(
     ids_name, feats_name = spec.input_names()
     (out_name,) = spec.output_names()
     ids_BS = ir.Value(name=ids_name, type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape(["batch_size", "sequence_length"]))
-    feats_NW = ir.Value(name=feats_name, type=ir.TensorType(ir_dtype), shape=ir.Shape(["num_image_tokens", width]))
+    feats_NW = ir.Value(name=feats_name, type=ir.TensorType(ir_dtype), shape=ir.Shape(["num_image_tokens", stream_width]))
 
     t = ir_tape.Tape()
     ids_T = t.op("Reshape", [ids_BS, _const(t, "/const/flat", np.array([-1]))], name="/input_ids/Flatten")
     text_TH = table_lookup(t, ids_T)
-    if width > hidden:
-        pads = np.array([0, 0, 0, width - hidden])  # zero DeepStack columns after the H text columns
+    if stream_width > hidden:
+        pads = np.array([0, 0, 0, stream_width - hidden])  # zero DeepStack columns after the H text columns
         text_TW = t.op("Pad", [text_TH, _const(t, "/const/deepstack_pads", pads)], name="/embed_tokens/PadDeepStack")
     else:
         text_TW = text_TH
@@ -53,15 +53,15 @@ def build_model(
     # Image token k (0-based, row-major) reads row k + 1 of [0-row ; image_features]; text tokens read row 0.
     count_T = t.op("CumSum", [is_image_i64_T, _const(t, "/const/axis0", np.array(0))], name="/image_mask/CumSum")
     row_T = t.op("Mul", [count_T, is_image_i64_T], name="/image_rows/Mul")
-    zero_1W = _const(t, "/const/zero_row", np.zeros((1, width), dtype=np_dtype))
+    zero_1W = _const(t, "/const/zero_row", np.zeros((1, stream_width), dtype=np_dtype))
     feats_1NW = t.op("Concat", [zero_1W, feats_NW], {"axis": 0}, name="/image_rows/PrependZero")
     image_TW = t.op("Gather", [feats_1NW, row_T], {"axis": 0}, name="/image_rows/Gather")
     is_image_T1 = t.op("Unsqueeze", [is_image_T, _const(t, "/const/axes1", np.array([1]))], name="/image_mask/Unsqueeze")
     out_TW = t.op("Where", [is_image_T1, image_TW, text_TW], name="/merge/Where")
 
     shape_BS = t.op("Shape", [ids_BS], name="/output/ShapeBS")
-    shape_BSW = t.op("Concat", [shape_BS, _const(t, "/const/width", np.array([width]))], {"axis": 0}, name="/output/ShapeBSW")
-    out = ir.Value(name=out_name, type=ir.TensorType(ir_dtype), shape=ir.Shape(["batch_size", "sequence_length", width]))
+    shape_BSW = t.op("Concat", [shape_BS, _const(t, "/const/width", np.array([stream_width]))], {"axis": 0}, name="/output/ShapeBSW")
+    out = ir.Value(name=out_name, type=ir.TensorType(ir_dtype), shape=ir.Shape(["batch_size", "sequence_length", stream_width]))
     t.op("Reshape", [out_TW, shape_BSW], name="/output/Reshape", output=out)
 
     graph = ir.Graph(

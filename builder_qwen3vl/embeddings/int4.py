@@ -65,7 +65,7 @@ def quantize_table_gather(model: onnx.ModelProto, block_size: int, is_symmetric:
 
 
 def measure_int4_error(
-    path: Path, embed_weight: torch.Tensor, image_token_id: int, width: int, np_dtype: type
+    path: Path, embed_weight: torch.Tensor, image_token_id: int, stream_width: int, np_dtype: type
 ) -> tuple[float, float, int]:
     """(max|err|, relative RMS err, rows) of the written graph's text rows vs ``embed_weight``.
 
@@ -82,8 +82,8 @@ def measure_int4_error(
     rows = rows[rows != image_token_id]
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     ids_name, feats_name = contract.EMBEDDING.input_names()
-    no_feats = np.zeros((0, width), dtype=np_dtype)
-    chunk = max(1, _ERROR_CHECK_OUTPUT_BYTES // (width * np.dtype(np_dtype).itemsize))
+    no_feats = np.zeros((0, stream_width), dtype=np_dtype)
+    chunk = max(1, _ERROR_CHECK_OUTPUT_BYTES // (stream_width * np.dtype(np_dtype).itemsize))
     max_err, err_sq, ref_sq = 0.0, 0.0, 0.0
     for start in range(0, len(rows), chunk):
         ids = rows[start : start + chunk]

@@ -9,16 +9,14 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..bundle.contract import VIDEO_CONFIG_FILENAME
+from ..bundle.contract import GENAI_CONFIG_FILENAME as GENAI_CONFIG
+from ..bundle.contract import OG_DEFAULT_NAMES, OG_MODEL_TYPE, TOKENIZER_FILES, VIDEO_CONFIG_FILENAME
 from ..runtime.video_settings import VideoSettings
 from .graphs import FLOAT_TYPES, Graph, dtype_of, expect, load_graph, text_hidden_size, unfed_inputs
 
 if TYPE_CHECKING:
     from . import VerifyReport
 
-GENAI_CONFIG = "genai_config.json"
-OG_MODEL_TYPE = "qwen3_vl"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 REQUIRED_MODEL_FIELDS = ("context_length", "vocab_size", "image_token_id", "vision_start_token_id", "pad_token_id", "eos_token_id")
 REQUIRED_DECODER_FIELDS = ("head_size", "hidden_size", "num_attention_heads", "num_hidden_layers", "num_key_value_heads")
 def static_checks(bundle: Path, report: VerifyReport) -> dict[str, Any]:
@@ -29,19 +27,19 @@ def static_checks(bundle: Path, report: VerifyReport) -> dict[str, Any]:
     model = genai.get("model") or {}
     if not _config_fields(model, report):
         return facts
-    width = int(model["decoder"]["hidden_size"])
-    facts.update(width=width, provider=_providers(model["decoder"]))
+    stream_width = int(model["decoder"]["hidden_size"])  # og's name for W
+    facts.update(stream_width=stream_width, provider=_providers(model["decoder"]))
     files = _named_files(bundle, model, report)
     processor = _read_json(files["vision config"], report) if "vision config" in files else None
     graphs = {role: load_graph(path, report) for role, path in files.items() if path.suffix == ".onnx"}
     if any(g is None for g in graphs.values()) or len(graphs) < 3:
         return facts
     vision, embedding, decoder = graphs["vision"], graphs["embedding"], graphs["decoder"]
-    _check_vision(vision, model["vision"], width, _patch_dim(processor), report)
-    _check_embedding(embedding, model["embedding"], width, vision, report)
-    _check_decoder(decoder, model, width, embedding, report)
+    _check_vision(vision, model["vision"], stream_width, _patch_dim(processor), report)
+    _check_embedding(embedding, model["embedding"], stream_width, vision, report)
+    _check_decoder(decoder, model, stream_width, embedding, report)
     facts["io_dtype"] = dtype_of(decoder, model["decoder"].get("inputs", {}), "inputs_embeds")
-    _check_deepstack(decoder, model["decoder"], width, report)
+    _check_deepstack(decoder, model["decoder"], stream_width, report)
     if processor is not None:
         _check_processor(processor, files["vision config"], report)
     _check_video(bundle / VIDEO_CONFIG_FILENAME, model["vision"], report)
@@ -115,30 +113,28 @@ def _named_files(bundle: Path, model: dict[str, Any], report: VerifyReport) -> d
     return found
 
 
-def _names(section: dict[str, Any], kind: str, defaults: dict[str, str]) -> dict[str, str]:
+def _names(section: dict[str, Any], role: str, kind: str) -> dict[str, str]:
     """og's key -> graph name, from genai_config (og falls back to its defaults for absent keys)."""
-    return {**defaults, **(section.get(kind) or {})}
+    return {**OG_DEFAULT_NAMES[role][kind], **(section.get(kind) or {})}
 
 
-def _check_vision(graph: Graph, section: dict[str, Any], width: int, patch_dim: int | None, report: VerifyReport) -> None:
-    ins = _names(section, "inputs", {"pixel_values": "pixel_values", "image_grid_thw": "image_sizes"})
-    outs = _names(section, "outputs", {"image_features": "image_features"})
+def _check_vision(graph: Graph, section: dict[str, Any], stream_width: int, patch_dim: int | None, report: VerifyReport) -> None:
+    ins, outs = _names(section, "vision", "inputs"), _names(section, "vision", "outputs")
     before = len(report.failures)
     expect(graph, "input", ins["pixel_values"], report, dtypes=FLOAT_TYPES, rank=2, fixed={1: patch_dim} if patch_dim else None)
     expect(graph, "input", ins["image_grid_thw"], report, dtypes=("int64",), rank=2, fixed={1: 3})
-    expect(graph, "output", outs["image_features"], report, dtypes=FLOAT_TYPES, rank=2, fixed={1: width})
+    expect(graph, "output", outs["image_features"], report, dtypes=FLOAT_TYPES, rank=2, fixed={1: stream_width})
     unfed_inputs(graph, {ins["pixel_values"], ins["image_grid_thw"]}, report)
     if len(report.failures) == before:
-        report.passed.append(f"{graph.path.name}: pixel_values [N, {patch_dim}], image_grid_thw [I, 3] -> image_features [T, {width}]")
+        report.passed.append(f"{graph.path.name}: pixel_values [N, {patch_dim}], image_grid_thw [I, 3] -> image_features [T, {stream_width}]")
 
 
-def _check_embedding(graph: Graph, section: dict[str, Any], width: int, vision: Graph, report: VerifyReport) -> None:
-    ins = _names(section, "inputs", {"input_ids": "input_ids", "image_features": "image_features"})
-    outs = _names(section, "outputs", {"inputs_embeds": "inputs_embeds"})
+def _check_embedding(graph: Graph, section: dict[str, Any], stream_width: int, vision: Graph, report: VerifyReport) -> None:
+    ins, outs = _names(section, "embedding", "inputs"), _names(section, "embedding", "outputs")
     before = len(report.failures)
     expect(graph, "input", ins["input_ids"], report, dtypes=("int64",), rank=2)
-    features = expect(graph, "input", ins["image_features"], report, dtypes=FLOAT_TYPES, rank=2, fixed={1: width})
-    expect(graph, "output", outs["inputs_embeds"], report, dtypes=FLOAT_TYPES, rank=3, fixed={2: width})
+    features = expect(graph, "input", ins["image_features"], report, dtypes=FLOAT_TYPES, rank=2, fixed={1: stream_width})
+    expect(graph, "output", outs["inputs_embeds"], report, dtypes=FLOAT_TYPES, rank=3, fixed={2: stream_width})
     vision_out = next(iter(vision.outputs.values()), None)
     if features is not None and vision_out is not None and features.dtype != vision_out.dtype:
         report.failures.append(
@@ -147,20 +143,16 @@ def _check_embedding(graph: Graph, section: dict[str, Any], width: int, vision: 
         )
     unfed_inputs(graph, {ins["input_ids"], ins["image_features"]}, report)
     if len(report.failures) == before:
-        report.passed.append(f"{graph.path.name}: input_ids, image_features [T, {width}] -> inputs_embeds [B, S, {width}]")
+        report.passed.append(f"{graph.path.name}: input_ids, image_features [T, {stream_width}] -> inputs_embeds [B, S, {stream_width}]")
 
 
-def _check_decoder(graph: Graph, model: dict[str, Any], width: int, embedding: Graph, report: VerifyReport) -> None:
+def _check_decoder(graph: Graph, model: dict[str, Any], stream_width: int, embedding: Graph, report: VerifyReport) -> None:
     section = model["decoder"]
-    ins = _names(section, "inputs", {
-        "inputs_embeds": "inputs_embeds", "attention_mask": "attention_mask", "position_ids": "position_ids",
-        "past_key_names": "past_key_values.%d.key", "past_value_names": "past_key_values.%d.value"})
-    outs = _names(section, "outputs", {
-        "logits": "logits", "present_key_names": "present.%d.key", "present_value_names": "present.%d.value"})
+    ins, outs = _names(section, "decoder", "inputs"), _names(section, "decoder", "outputs")
     layers, kv_heads, head = (int(section[k]) for k in ("num_hidden_layers", "num_key_value_heads", "head_size"))
     before = len(report.failures)
-    embeds = expect(graph, "input", ins["inputs_embeds"], report, dtypes=FLOAT_TYPES, rank=3, fixed={2: width})
-    produced = embedding.outputs.get(_names(model["embedding"], "outputs", {"inputs_embeds": "inputs_embeds"})["inputs_embeds"])
+    embeds = expect(graph, "input", ins["inputs_embeds"], report, dtypes=FLOAT_TYPES, rank=3, fixed={2: stream_width})
+    produced = embedding.outputs.get(_names(model["embedding"], "embedding", "outputs")["inputs_embeds"])
     if embeds is not None and produced is not None and embeds.dtype != produced.dtype:
         report.failures.append(
             f"{graph.path.name} input '{embeds.name}' is {embeds.dtype} but {embedding.path.name} writes {produced.dtype}: "
@@ -180,34 +172,34 @@ def _check_decoder(graph: Graph, model: dict[str, Any], width: int, embedding: G
     unfed_inputs(graph, fed, report)
     if len(report.failures) == before and logits is not None:
         report.passed.append(
-            f"{graph.path.name}: inputs_embeds [B, S, {width}] {embeds.dtype if embeds else '?'}, position_ids [3, B, S], "
+            f"{graph.path.name}: inputs_embeds [B, S, {stream_width}] {embeds.dtype if embeds else '?'}, position_ids [3, B, S], "
             f"{layers} x KV [B, {kv_heads}, P, {head}] -> logits [B, {'1 (pruned lm_head)' if logits.dims[1] == 1 else 'S'}, "
             f"{model['vocab_size']}]"
         )
 
 
-def _check_deepstack(graph: Graph, section: dict[str, Any], width: int, report: VerifyReport) -> None:
+def _check_deepstack(graph: Graph, section: dict[str, Any], stream_width: int, report: VerifyReport) -> None:
     hidden = text_hidden_size(graph.model)
     if hidden is None:
         report.failures.append(f"{graph.path.name}: cannot find the final norm weight before the logits to read the text hidden size H")
         return
-    if width % hidden:
+    if stream_width % hidden:
         report.failures.append(
-            f"{GENAI_CONFIG}: decoder.hidden_size {width} is not a multiple of the text hidden size H={hidden} "
+            f"{GENAI_CONFIG}: decoder.hidden_size {stream_width} is not a multiple of the text hidden size H={hidden} "
             f"(from {graph.path.name}'s final norm); expected (1 + D) * {hidden}"
         )
         return
-    blocks = width // hidden - 1
-    embeds = _names(section, "inputs", {"inputs_embeds": "inputs_embeds"})["inputs_embeds"]
+    num_deepstack = stream_width // hidden - 1
+    embeds = _names(section, "decoder", "inputs")["inputs_embeds"]
     consumers = [node for node in graph.model.graph.node if embeds in node.input]
-    if blocks == 0:
+    if num_deepstack == 0:
         report.passed.append(f"{graph.path.name}: H={hidden}, no DeepStack columns (D=0)")
         return
     split = next((n for n in consumers if n.op_type == "Split"), None)
-    if split is None or len(split.output) != 1 + blocks:
+    if split is None or len(split.output) != 1 + num_deepstack:
         found = f"a Split into {len(split.output)}" if split is not None else "no Split"
         report.failures.append(
-            f"{graph.path.name}: inputs_embeds width {width} = (1 + {blocks}) x {hidden} needs a Split into {1 + blocks} "
+            f"{graph.path.name}: inputs_embeds width {stream_width} = (1 + {num_deepstack}) x {hidden} needs a Split into {1 + num_deepstack} "
             f"blocks; found {found}"
         )
         return
@@ -219,7 +211,7 @@ def _check_deepstack(graph: Graph, section: dict[str, Any], width: int, report: 
             "(a decoder built with apply_deepstack=False, or a broken graph): image answers would differ from HF"
         )
         return
-    report.passed.append(f"{graph.path.name}: DeepStack wide stream (1 + {blocks}) x H={hidden} = {width}, all {blocks} blocks wired")
+    report.passed.append(f"{graph.path.name}: DeepStack wide stream (1 + {num_deepstack}) x H={hidden} = {stream_width}, all {num_deepstack} blocks wired")
 
 
 def _patch_dim(processor: dict[str, Any] | None) -> int | None:

@@ -16,4 +16,4 @@ if TYPE_CHECKING:
 
 def vision_step(ckpt: Checkpoint, plan: BuildPlan, out: Path) -> Path:
     return export_vision_encoder(load_hf_visual(ckpt), out / contract.VISION.filename, dtype=plan.vision_dtype,
-                                 weights=plan.vision_weights, width=plan.W)
+                                 weights=plan.vision_weights, stream_width=plan.stream_width)

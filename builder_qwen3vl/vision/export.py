@@ -48,7 +48,7 @@ def export_vision_encoder(
     block_size: int = 32,
     accuracy_level: int | None = None,
     example_grid: tuple[int, int, int] = (1, 4, 6),
-    width: int | None = None,
+    stream_width: int | None = None,
 ) -> Path:
     """Write ``visual`` (an HF ``Qwen3VLVisionModel``) as one ONNX file at ``path``; return the path.
 
@@ -59,7 +59,7 @@ def export_vision_encoder(
     compute-precision attribute, None = fp32 compute). "qint8"/"quint8": onnxruntime's
     ``quantize_dynamic`` of the MatMuls (per-channel s8 / u8 weights, activations quantized per call).
     example_grid: the grid traced at export; nothing about it is baked into the graph.
-    width: the W = (1 + D) * H the bundle's other models expect of image_features; checked if given.
+    stream_width: the W = (1 + D) * H the bundle's other models expect of image_features; checked if given.
     """
     weights = weights or dtype
     path = Path(path)
@@ -67,7 +67,7 @@ def export_vision_encoder(
 
     model = _trace_to_onnx(visual, _TORCH_DTYPES[dtype], example_grid)
     _name_dims(model)
-    _check_width(model, width)
+    _check_stream_width(model, stream_width)
     _gemm_to_matmul(model)
     if weights == "fp16" and dtype == "fp32":
         store_matmul_weights_fp16(model)
@@ -118,13 +118,13 @@ def _name_dims(model: onnx.ModelProto) -> None:
             value.type.tensor_type.shape.dim[axis].dim_param = name
 
 
-def _check_width(model: onnx.ModelProto, width: int | None) -> None:
-    if width is None:
+def _check_stream_width(model: onnx.ModelProto, stream_width: int | None) -> None:
+    if stream_width is None:
         return
     dims = model.graph.output[0].type.tensor_type.shape.dim
     got = dims[-1].dim_value if dims else None
-    if got != width:
-        raise RuntimeError(f"vision export: {model.graph.output[0].name} is {got} wide, the build plan says W = {width}")
+    if got != stream_width:
+        raise RuntimeError(f"vision export: {model.graph.output[0].name} is {got} wide, the build plan says W = {stream_width}")
 
 
 def _initializers(model: onnx.ModelProto) -> dict[str, TensorProto]:
