@@ -79,3 +79,25 @@ def test_producer_version_is_the_og_wheel_not_the_checkout(tmp_path: Path) -> No
     decoder = onnx.load(str(bundle / "model.onnx"), load_external_data=False)
     print(f"producer: {decoder.producer_name} {decoder.producer_version}")
     assert decoder.producer_version == f"{og.__version__}+{og.__commit__[:7]}"
+
+
+def test_same_bytes_from_another_checkout(ckpts: tuple[Path, Path], tmp_path: Path) -> None:
+    """A copy of the package at another path (another checkout) builds the same bytes: nothing in a bundle may
+    carry a source path (torch's exporter writes stack traces into node metadata; the vision export drops them)."""
+    import subprocess
+    import sys
+
+    import builder_qwen3vl
+
+    checkout = tmp_path / "another" / "checkout"
+    shutil.copytree(Path(builder_qwen3vl.__file__).parent, checkout / "builder_qwen3vl",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(Path(builder_qwen3vl.__file__).parents[1] / "configs", checkout / "configs")
+    here = build(BuildOptions(input=ckpts[0], output=tmp_path / "here", precision="fp32"))
+    code = ("import sys, builder_qwen3vl; assert builder_qwen3vl.__file__.startswith(sys.argv[3]), builder_qwen3vl.__file__; "
+            "from builder_qwen3vl import BuildOptions, build; build(BuildOptions(input=sys.argv[1], output=sys.argv[2], precision='fp32'))")
+    subprocess.run([sys.executable, "-c", code, str(ckpts[0]), str(tmp_path / "there"), str(checkout)], cwd=checkout,
+                   check=True, capture_output=True, timeout=600)
+    for path in here.iterdir():
+        assert str(Path(builder_qwen3vl.__file__).parents[1]).encode() not in path.read_bytes(), path.name
+    assert bundle_differences(here, tmp_path / "there") == []

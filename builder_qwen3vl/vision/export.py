@@ -66,6 +66,7 @@ def export_vision_encoder(
     path.parent.mkdir(parents=True, exist_ok=True)
 
     model = _trace_to_onnx(visual, _TORCH_DTYPES[dtype], example_grid)
+    _drop_trace_metadata(model)
     _name_dims(model)
     _check_stream_width(model, stream_width)
     _gemm_to_matmul(model)
@@ -109,6 +110,13 @@ def _trace_to_onnx(visual: torch.nn.Module, dtype: torch.dtype, example_grid: tu
         program.save(tmp_path, external_data=True)
         del program
         return onnx.load(tmp_path, load_external_data=True)
+
+
+def _drop_trace_metadata(model: onnx.ModelProto) -> None:
+    """Drop the exporter's per-node debug metadata: its stack traces hold this package's absolute source paths
+    and line numbers, so the same checkpoint would give different bytes from another checkout or after any edit."""
+    for node in model.graph.node:
+        del node.metadata_props[:]
 
 
 def _name_dims(model: onnx.ModelProto) -> None:
