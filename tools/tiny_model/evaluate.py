@@ -1,10 +1,14 @@
 """Held-out accuracy of the tiny trained Qwen3-VL through HF transformers and through og bundles.
 
     python tools/tiny_model/evaluate.py --n 300 [--seed N] [--workdir DIR] [--json FILE] \
-        [--variant NAME=PRECISION[:k=v,k=v]] ... [--hf-only] [--checkpoint DIR]
+        [--variant NAME=PRECISION[:k=v,k=v]] ... [--hf-only] [--checkpoint DIR] [--model moe-twin]
 
-Reference (a): HF ``Qwen3VLForConditionalGeneration`` fp32, greedy, on inputs built here: the
-chat template with ``<|image_pad|>`` expanded to t*h*w/4 per grid and HF's PIL image processor
+``--model moe-twin`` scores the MoE twin of the checkpoint instead (tiny_model.moe_twin: every expert a
+copy of the trained dense MLP, a random router; written into the workdir), HF side through
+``Qwen3VLMoeForConditionalGeneration``; ``--json`` then also records "model" and "moe_twin" (its settings).
+
+Reference (a): HF ``Qwen3VLForConditionalGeneration`` (the class config.json names) fp32, greedy, on
+inputs built here: the chat template with ``<|image_pad|>`` expanded to t*h*w/4 per grid and HF's PIL image processor
 for pixel_values (encoding.Encoder, the same path as training). Each og variant is a bundle
 built by ``builder_qwen3vl.build`` and run through og's own processor and generator (greedy),
 with each picture pre-resized by ``resize_for_og`` so og's grid equals HF's; the script also
@@ -77,12 +81,19 @@ def normalise(text: str) -> str:
 # --------------------------------------------------------------------------- HF side
 
 
-def load_hf(checkpoint: Path) -> Any:
-    import torch
-    from transformers import Qwen3VLForConditionalGeneration
+HF_CLASSES = ("Qwen3VLForConditionalGeneration", "Qwen3VLMoeForConditionalGeneration")
 
-    model = Qwen3VLForConditionalGeneration.from_pretrained(str(checkpoint), dtype=torch.float32,
-                                                            attn_implementation="eager")
+
+def load_hf(checkpoint: Path) -> Any:
+    """The checkpoint in the HF class its config.json names (dense or MoE Qwen3-VL), fp32, eager attention."""
+    import torch
+    import transformers
+
+    architecture = json.loads((checkpoint / "config.json").read_text())["architectures"][0]
+    if architecture not in HF_CLASSES:
+        raise ValueError(f"{checkpoint}: architecture '{architecture}', expected one of {', '.join(HF_CLASSES)}")
+    model = getattr(transformers, architecture).from_pretrained(str(checkpoint), dtype=torch.float32,
+                                                                 attn_implementation="eager")
     return model.eval()
 
 
@@ -245,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", type=Path, default=Path("eval_bundles"), help="where bundles are built")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="default: the shipped trained model (builder_qwen3vl.shipped)")
+    p.add_argument("--model", choices=("dense", "moe-twin"), default="dense",
+                   help="moe-twin: the MoE twin of --checkpoint (tiny_model.moe_twin), written into the workdir")
     p.add_argument("--cache-dir", type=Path, default=None)
     p.add_argument("--variant", action="append", default=[],
                    help="NAME=PRECISION[:key=value,...] (og/builder extra options); replaces the default variants")
@@ -256,11 +269,17 @@ def main(argv: list[str] | None = None) -> int:
     for name in (__name__, "builder_qwen3vl.shipped.assembly"):
         logging.getLogger(name).setLevel(logging.INFO)
     checkpoint = args.checkpoint or shipped_checkpoint(args.cache_dir)
+    extra: dict[str, Any] = {}
+    if args.model == "moe-twin":
+        from tiny_model.moe_twin import TWIN_DEFAULTS, write_moe_twin
+
+        checkpoint = write_moe_twin(checkpoint, args.workdir / "moe-twin-checkpoint", **TWIN_DEFAULTS)
+        extra = {"model": args.model, "moe_twin": TWIN_DEFAULTS}
     variants = () if args.hf_only else tuple(Variant.parse(v) for v in args.variant) or DEFAULT_VARIANTS
     results = evaluate(checkpoint, args.n, args.workdir, variants, args.seed)
     print(markdown_table(results))
     if args.json:
-        args.json.write_text(json.dumps({"checkpoint": str(checkpoint), "n": args.n, "seed": args.seed,
+        args.json.write_text(json.dumps({"checkpoint": str(checkpoint), "n": args.n, "seed": args.seed, **extra,
                                          "results": [r.summary() for r in results]}, indent=2))
     return 0
 
