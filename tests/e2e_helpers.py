@@ -99,9 +99,9 @@ class HfInputs:
         return kwargs
 
 
-def expand_image_pads(ids: list[int], grid_thw: np.ndarray) -> list[int]:
+def expand_image_pads(ids: list[int], grid_thw: np.ndarray, merge_size: int = MERGE_SIZE) -> list[int]:
     """Replace the k-th <|image_pad|> by t*h*w / merge^2 copies (what HF's processor does in text)."""
-    counts = [int(np.prod(g)) // MERGE_SIZE**2 for g in grid_thw]
+    counts = [int(np.prod(g)) // merge_size**2 for g in grid_thw]
     out: list[int] = []
     k = 0
     for tok in ids:
@@ -123,7 +123,7 @@ def hf_inputs(hf_tokenizer, image_processor, prompt: str, images: list[Image.Ima
         return HfInputs(torch.tensor([ids], dtype=torch.long), None, None)
     proc = image_processor(images=images, return_tensors="pt")
     grid = proc["image_grid_thw"]
-    ids = expand_image_pads(ids, grid.numpy())
+    ids = expand_image_pads(ids, grid.numpy(), getattr(image_processor, "merge_size", MERGE_SIZE))
     return HfInputs(torch.tensor([ids], dtype=torch.long), proc["pixel_values"].to(torch.float32), grid)
 
 

@@ -3,8 +3,9 @@
 Each dataclass has a ``from_dict`` that accepts both config layouts in the wild:
 transformers 4.57 (the released checkpoints: ``rope_scaling`` + ``rope_theta``, vision
 ``model_type: qwen3_vl``) and transformers 5.x (``rope_parameters``, vision
-``model_type: qwen3_vl_vision``). Shape invariants are checked here so a bad checkpoint
-fails before any export starts.
+``model_type: qwen3_vl_vision``), for both architectures: the dense ``Qwen3VLForConditionalGeneration``
+and the MoE ``Qwen3VLMoeForConditionalGeneration`` (``qwen3_vl_moe``; its text_config's MoE keys are
+read by moe_config.py). Shape invariants are checked here so a bad checkpoint fails before any export starts.
 """
 
 from __future__ import annotations
@@ -13,9 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InputError
+from .moe_config import QWEN3_VL_MOE_ARCHITECTURE, QWEN3_VL_MOE_MODEL_TYPE, moe_fields
 
 QWEN3_VL_ARCHITECTURE = "Qwen3VLForConditionalGeneration"
 QWEN3_VL_MODEL_TYPE = "qwen3_vl"
+# architecture -> top-level model_type of the two accepted families
+ARCHITECTURES = {QWEN3_VL_ARCHITECTURE: QWEN3_VL_MODEL_TYPE, QWEN3_VL_MOE_ARCHITECTURE: QWEN3_VL_MOE_MODEL_TYPE}
+VISION_MODEL_TYPES = ("qwen3_vl", "qwen3_vl_vision", "qwen3_vl_moe", "qwen3_vl_moe_vision")
 
 
 def _require(d: dict[str, Any], key: str, where: str) -> Any:
@@ -66,16 +71,36 @@ class TextConfig:
     hidden_act: str = "silu"
     attention_bias: bool = False
     tie_word_embeddings: bool = True
+    # MoE (moe_config.py); num_experts 0 is the dense model. intermediate_size is then the dense layers' width.
+    num_experts: int = 0
+    num_experts_per_tok: int = 0
+    moe_intermediate_size: int = 0
+    decoder_sparse_step: int = 1
+    mlp_only_layers: tuple[int, ...] = ()
+    norm_topk_prob: bool = True
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 0
+
+    @property
+    def sparse_layers(self) -> list[int]:
+        """The layers with experts (HF's rule, owned by decoder.moe_experts); [] for the dense model."""
+        from ..decoder.moe_experts import sparse_layers
+
+        return sparse_layers(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str = "config.json", tie_default: bool = True) -> TextConfig:
+    def from_dict(cls, d: dict[str, Any], where: str = "config.json", tie_default: bool = True,
+                  moe: bool = False) -> TextConfig:
         heads = int(_require(d, "num_attention_heads", where))
         hidden = int(_require(d, "hidden_size", where))
+        layers = int(_require(d, "num_hidden_layers", where))
         cfg = cls(
             vocab_size=int(_require(d, "vocab_size", where)),
             hidden_size=hidden,
             intermediate_size=int(_require(d, "intermediate_size", where)),
-            num_hidden_layers=int(_require(d, "num_hidden_layers", where)),
+            num_hidden_layers=layers,
             num_attention_heads=heads,
             num_key_value_heads=int(d.get("num_key_value_heads") or heads),
             head_dim=int(d.get("head_dim") or hidden // max(heads, 1)),
@@ -85,6 +110,7 @@ class TextConfig:
             hidden_act=str(d.get("hidden_act", "silu")),
             attention_bias=bool(d.get("attention_bias", False)),
             tie_word_embeddings=bool(d.get("tie_word_embeddings", tie_default)),
+            **(moe_fields(d, layers, where) if moe else {}),
         )
         cfg.validate(where)
         return cfg
@@ -138,8 +164,9 @@ class VisionConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "config.json") -> VisionConfig:
         model_type = d.get("model_type", "qwen3_vl_vision")
-        if model_type not in ("qwen3_vl", "qwen3_vl_vision"):
-            raise InputError(f"{where}: vision_config model_type is '{model_type}', expected 'qwen3_vl' or 'qwen3_vl_vision'")
+        if model_type not in VISION_MODEL_TYPES:
+            raise InputError(f"{where}: vision_config model_type is '{model_type}', expected one of "
+                             + ", ".join(f"'{t}'" for t in VISION_MODEL_TYPES))
         cfg = cls(
             depth=int(_require(d, "depth", where)),
             hidden_size=int(_require(d, "hidden_size", where)),
@@ -259,6 +286,7 @@ class Qwen3VLConfig:
     processor: ProcessorConfig = field(default_factory=ProcessorConfig)
     generation: GenerationDefaults = field(default_factory=GenerationDefaults)
     config_format: str = "4.57"  # "4.57" (rope_scaling) or "5.x" (rope_parameters)
+    architecture: str = QWEN3_VL_ARCHITECTURE  # or QWEN3_VL_MOE_ARCHITECTURE (then text.is_moe)
 
     @property
     def num_deepstack(self) -> int:
@@ -273,15 +301,12 @@ class Qwen3VLConfig:
         preprocessor: dict[str, Any] | None = None,
         where: str = "config.json",
     ) -> Qwen3VLConfig:
-        archs = config.get("architectures") or []
-        model_type = config.get("model_type")
-        if QWEN3_VL_ARCHITECTURE not in archs and model_type != QWEN3_VL_MODEL_TYPE:
-            found = ", ".join(archs) if archs else f"model_type={model_type!r}"
-            raise InputError(f"{where}: not a Qwen3-VL checkpoint (found {found}; expected {QWEN3_VL_ARCHITECTURE})")
+        architecture = architecture_of(config, where)
         if "text_config" not in config or "vision_config" not in config:
             raise InputError(f"{where}: a Qwen3-VL config needs both text_config and vision_config")
         text_dict = config["text_config"]
-        text = TextConfig.from_dict(text_dict, where, tie_default=bool(config.get("tie_word_embeddings", True)))
+        text = TextConfig.from_dict(text_dict, where, tie_default=bool(config.get("tie_word_embeddings", True)),
+                                    moe=architecture == QWEN3_VL_MOE_ARCHITECTURE)
         vision = VisionConfig.from_dict(config["vision_config"], where)
         if vision.out_hidden_size != text.hidden_size:
             raise InputError(
@@ -306,4 +331,18 @@ class Qwen3VLConfig:
             processor=ProcessorConfig.from_dict(preprocessor or {}),
             generation=GenerationDefaults.from_dict(generation),
             config_format="5.x" if "rope_parameters" in text_dict else "4.57",
+            architecture=architecture,
         )
+
+
+def architecture_of(config: dict[str, Any], where: str) -> str:
+    """Which of the two accepted architectures config.json names (``architectures``, else ``model_type``)."""
+    archs = config.get("architectures") or []
+    model_type = config.get("model_type")
+    named = [arch for arch in ARCHITECTURES if arch in archs]
+    named += [arch for arch, arch_model_type in ARCHITECTURES.items() if model_type == arch_model_type]
+    if named:
+        return named[0]
+    found = ", ".join(archs) if archs else f"model_type={model_type!r}"
+    raise InputError(f"{where}: not a Qwen3-VL checkpoint (found {found}; expected "
+                     f"{' or '.join(ARCHITECTURES)})")

@@ -102,9 +102,45 @@ def read_video_settings(folder: Path, vision: VisionConfig) -> VideoSettings:
     return settings
 
 
-def expected_tensors(text: TextConfig, vision: VisionConfig) -> dict[str, tuple[int, ...]]:
-    """Names and shapes of the tensors a Qwen3-VL checkpoint must hold (HF 4.57+ naming)."""
+def _expert_shapes(text: TextConfig, tensors: dict[str, TensorInfo] | None, folder: Path | str) -> dict[str, tuple[int, ...]]:
+    """Router and fused experts of every sparse layer, the experts in the layout their stored shapes show
+    (decoder.moe_experts decides it, per layer: released [E, H, 2I] / [E, I, H] or transformers 5 [E, 2I, H] /
+    [E, H, I]); without ``tensors``, the released layout. InputError (one line) for a missing or misshapen pair."""
+    from ..decoder.moe_experts import RELEASED, expert_key, expert_layouts, layout_shapes
+
+    E, H = text.num_experts, text.hidden_size
+    sparse = text.sparse_layers
+    layouts = {layer: RELEASED for layer in sparse}
+    if tensors is not None:
+        shapes = layout_shapes(E, H, text.moe_intermediate_size)
+        for layer in sparse:
+            for which in shapes[RELEASED]:
+                name = expert_key(layer, which)
+                if name not in tensors:
+                    either = " or ".join(f"{list(s[which])} ({layout})" for layout, s in shapes.items())
+                    raise InputError(f"{folder}: weights lack tensor '{name}' (expected shape {either}; layer {layer} "
+                                     "is a sparse MoE layer)")
+        try:
+            layouts = expert_layouts(tensors, sparse, E, H, text.moe_intermediate_size)
+        except InputError as e:
+            raise InputError(f"{folder}: {e}") from None
+    out: dict[str, tuple[int, ...]] = {}
+    for layer, layout in layouts.items():
+        out[f"model.language_model.layers.{layer}.mlp.gate.weight"] = (E, H)
+        for which, shape in layout_shapes(E, H, text.moe_intermediate_size)[layout].items():
+            out[expert_key(layer, which)] = shape
+    return out
+
+
+def expected_tensors(text: TextConfig, vision: VisionConfig, tensors: dict[str, TensorInfo] | None = None,
+                     folder: Path | str = "checkpoint") -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the tensors a Qwen3-VL checkpoint must hold (HF 4.57+ naming).
+
+    MoE: a sparse layer holds ``mlp.gate.weight`` [E, H] (router) and the fused ``mlp.experts.gate_up_proj``
+    / ``down_proj`` in the layout ``tensors`` (the safetensors headers) show; the other layers a dense MLP.
+    """
     H, V, I = text.hidden_size, text.vocab_size, text.intermediate_size
+    sparse = set(text.sparse_layers)
     q_out, kv_out = text.num_attention_heads * text.head_dim, text.num_key_value_heads * text.head_dim
     shapes: dict[str, tuple[int, ...]] = {
         "model.language_model.embed_tokens.weight": (V, H),
@@ -121,12 +157,13 @@ def expected_tensors(text: TextConfig, vision: VisionConfig) -> dict[str, tuple[
             p + "self_attn.o_proj.weight": (H, q_out),
             p + "self_attn.q_norm.weight": (text.head_dim,),
             p + "self_attn.k_norm.weight": (text.head_dim,),
-            p + "mlp.gate_proj.weight": (I, H),
-            p + "mlp.up_proj.weight": (I, H),
-            p + "mlp.down_proj.weight": (H, I),
             p + "input_layernorm.weight": (H,),
             p + "post_attention_layernorm.weight": (H,),
         })
+        if i not in sparse:
+            shapes.update({p + "mlp.gate_proj.weight": (I, H), p + "mlp.up_proj.weight": (I, H),
+                           p + "mlp.down_proj.weight": (H, I)})
+    shapes.update(_expert_shapes(text, tensors, folder))
     vh, vi, m2 = vision.hidden_size, vision.intermediate_size, vision.hidden_size * vision.spatial_merge_size**2
     v = "model.visual."
     shapes.update({
@@ -204,7 +241,7 @@ def read_checkpoint(folder: str | Path) -> Checkpoint:
     config = Qwen3VLConfig.from_dict(raw, generation=generation, preprocessor=preprocessor, where=str(config_path))
 
     tensors = read_checkpoint_tensors(folder)
-    weight_dtype = check_tensors(folder, tensors, expected_tensors(config.text, config.vision))
+    weight_dtype = check_tensors(folder, tensors, expected_tensors(config.text, config.vision, tensors, folder))
     video = read_video_settings(folder, config.vision)
 
     missing = [name for name in TOKENIZER_FILES if not (folder / name).is_file()]

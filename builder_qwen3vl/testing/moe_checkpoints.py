@@ -45,6 +45,29 @@ RELEASED_30B_A3B_MOE_KEYS: dict[str, Any] = {
 }
 
 
+MOE_REFERENCE_NAMES = ("30b-a3b", "235b-a22b")
+
+# What the published Qwen/Qwen3-VL-235B-A22B-Instruct config.json changes from the 30B-A3B one (every other key,
+# the 128 experts / top 8, 4 KV heads, head_dim 128, the vision tower and the token ids included, is the same).
+QWEN3_VL_235B_A22B_CHANGES: dict[str, dict[str, Any]] = {
+    "text_config": {"hidden_size": 4096, "intermediate_size": 12288, "moe_intermediate_size": 1536,
+                    "num_attention_heads": 64, "num_hidden_layers": 94},
+    "vision_config": {"out_hidden_size": 4096},
+}
+
+
+def reference_moe_config(name: str) -> dict[str, Any]:
+    """The released MoE checkpoint's config.json (transformers 4.57 format): '30b-a3b' as stored under data/reference,
+    '235b-a22b' as that file with ``QWEN3_VL_235B_A22B_CHANGES``."""
+    if name not in MOE_REFERENCE_NAMES:
+        raise ValueError(f"reference MoE config '{name}': expected one of {', '.join(MOE_REFERENCE_NAMES)}")
+    cfg = reference_json("qwen3-vl-30b-a3b-instruct.config.json")
+    if name == "235b-a22b":
+        for section, changes in QWEN3_VL_235B_A22B_CHANGES.items():
+            cfg[section].update(copy.deepcopy(changes))
+    return cfg
+
+
 def tiny_moe_config(
     *,
     num_experts: int = 8,
