@@ -25,7 +25,7 @@ def test_hf_loads_fixture_without_missing_keys(tmp_path: Path, fmt: str, dtype: 
     assert tok.convert_tokens_to_ids("<|image_pad|>") == model.config.image_token_id == 151655
     ckpt = read_checkpoint(folder)
     assert ckpt.chat_template and "<|vision_start|>" in ckpt.chat_template
-    assert ckpt.weight_dtype == {"fp32": "F32", "bf16": "BF16"}[dtype]
+    assert {info.dtype for info in ckpt.tensors.values()} == {{"fp32": "F32", "bf16": "BF16"}[dtype]}
 
 
 def test_fixture_is_deterministic_across_sharding(tmp_path: Path) -> None:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InputError
+from ..runtime import tokens
+from ..runtime.video_settings import ImageSettings
 from .moe_config import QWEN3_VL_MOE_ARCHITECTURE, QWEN3_VL_MOE_MODEL_TYPE, moe_fields
 
 QWEN3_VL_ARCHITECTURE = "Qwen3VLForConditionalGeneration"
@@ -34,7 +36,6 @@ class RopeConfig:
     theta: float
     mrope_section: tuple[int, int, int]
     mrope_interleaved: bool
-    rope_type: str = "default"
 
     @classmethod
     def from_text_dict(cls, d: dict[str, Any], where: str) -> RopeConfig:
@@ -52,7 +53,6 @@ class RopeConfig:
             theta=float(theta),
             mrope_section=tuple(int(s) for s in section),  # type: ignore[arg-type]
             mrope_interleaved=bool(merged.get("mrope_interleaved", True)),
-            rope_type=str(merged.get("rope_type", merged.get("type", "default"))),
         )
 
 
@@ -201,23 +201,25 @@ class VisionConfig:
 
 @dataclass(frozen=True)
 class TokenIds:
-    image_token_id: int = 151655
-    video_token_id: int = 151656
-    vision_start_token_id: int = 151652
-    vision_end_token_id: int = 151653
-    bos_token_id: int | None = 151643
-    pad_token_id: int = 151643
-    eos_token_ids: tuple[int, ...] = (151645, 151643)
+    """Special-token ids from config.json / generation_config.json; the defaults are the released vocabulary's."""
+
+    image_token_id: int = tokens.IMAGE_TOKEN_ID
+    video_token_id: int = tokens.VIDEO_TOKEN_ID
+    vision_start_token_id: int = tokens.VISION_START_ID
+    vision_end_token_id: int = tokens.VISION_END_ID
+    bos_token_id: int | None = tokens.ENDOFTEXT_ID
+    pad_token_id: int = tokens.ENDOFTEXT_ID
+    eos_token_ids: tuple[int, ...] = tokens.EOS_IDS
 
     @classmethod
     def from_dicts(cls, config: dict[str, Any], generation: dict[str, Any] | None) -> TokenIds:
         text = config.get("text_config") or {}
         gen = generation or {}
-        eos = gen.get("eos_token_id", text.get("eos_token_id", config.get("eos_token_id", 151645)))
+        eos = gen.get("eos_token_id", text.get("eos_token_id", config.get("eos_token_id", tokens.IM_END_ID)))
         eos_list = tuple(int(e) for e in (eos if isinstance(eos, list) else [eos]))
-        bos = gen.get("bos_token_id", text.get("bos_token_id", 151643))
+        bos = gen.get("bos_token_id", text.get("bos_token_id", tokens.ENDOFTEXT_ID))
         # pad must not be 0: og gives every prompt token equal to pad position 0 and mask 0.
-        pad = gen.get("pad_token_id", text.get("pad_token_id")) or 151643
+        pad = gen.get("pad_token_id", text.get("pad_token_id")) or tokens.ENDOFTEXT_ID
         return cls(
             image_token_id=int(config.get("image_token_id", cls.image_token_id)),
             video_token_id=int(config.get("video_token_id", cls.video_token_id)),
@@ -226,33 +228,6 @@ class TokenIds:
             bos_token_id=None if bos is None else int(bos),
             pad_token_id=int(pad),
             eos_token_ids=eos_list,
-        )
-
-
-@dataclass(frozen=True)
-class ProcessorConfig:
-    """The image preprocessor settings og's qwen3_vl processor needs (preprocessor_config.json)."""
-
-    min_pixels: int = 65536
-    max_pixels: int = 16777216
-    patch_size: int = 16
-    temporal_patch_size: int = 2
-    merge_size: int = 2
-    image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ProcessorConfig:
-        size = d.get("size") or {}
-        # Qwen3-VL writes size.shortest_edge/longest_edge (pixel counts); Qwen2-VL-style files use min/max_pixels.
-        return cls(
-            min_pixels=int(size.get("shortest_edge", d.get("min_pixels", 65536))),
-            max_pixels=int(size.get("longest_edge", d.get("max_pixels", 16777216))),
-            patch_size=int(d.get("patch_size", 16)),
-            temporal_patch_size=int(d.get("temporal_patch_size", 2)),
-            merge_size=int(d.get("merge_size", 2)),
-            image_mean=tuple(float(x) for x in d.get("image_mean", (0.5, 0.5, 0.5))),  # type: ignore[arg-type]
-            image_std=tuple(float(x) for x in d.get("image_std", (0.5, 0.5, 0.5))),  # type: ignore[arg-type]
         )
 
 
@@ -283,9 +258,8 @@ class Qwen3VLConfig:
     text: TextConfig
     vision: VisionConfig
     tokens: TokenIds
-    processor: ProcessorConfig = field(default_factory=ProcessorConfig)
+    processor: ImageSettings = field(default_factory=ImageSettings)  # preprocessor_config.json
     generation: GenerationDefaults = field(default_factory=GenerationDefaults)
-    config_format: str = "4.57"  # "4.57" (rope_scaling) or "5.x" (rope_parameters)
     architecture: str = QWEN3_VL_ARCHITECTURE  # or QWEN3_VL_MOE_ARCHITECTURE (then text.is_moe)
 
     @property
@@ -328,9 +302,8 @@ class Qwen3VLConfig:
             text=text,
             vision=vision,
             tokens=tokens,
-            processor=ProcessorConfig.from_dict(preprocessor or {}),
+            processor=ImageSettings.from_hf_dict(preprocessor or {}),
             generation=GenerationDefaults.from_dict(generation),
-            config_format="5.x" if "rope_parameters" in text_dict else "4.57",
             architecture=architecture,
         )
 

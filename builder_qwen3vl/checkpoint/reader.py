@@ -27,7 +27,6 @@ class Checkpoint:
     config: Qwen3VLConfig
     raw_config: dict[str, Any]
     tensors: dict[str, TensorInfo]
-    weight_dtype: str  # "BF16", "F16" or "F32": the dtype of most float tensors
     tokenizer_files: tuple[Path, ...]
     chat_template: str | None
     video: VideoSettings = VideoSettings()  # what HF's Qwen3VLVideoProcessor.from_pretrained(folder) would use
@@ -193,8 +192,8 @@ def expected_tensors(text: TextConfig, vision: VisionConfig, tensors: dict[str, 
     return shapes
 
 
-def check_tensors(folder: Path, tensors: dict[str, TensorInfo], expected: dict[str, tuple[int, ...]]) -> str:
-    """Check presence, shape and dtype of every expected tensor; return the dominant float dtype."""
+def check_tensors(folder: Path, tensors: dict[str, TensorInfo], expected: dict[str, tuple[int, ...]]) -> None:
+    """Check presence, shape and dtype of every expected tensor."""
     for name, shape in expected.items():
         info = tensors.get(name)
         if info is None:
@@ -206,10 +205,6 @@ def check_tensors(folder: Path, tensors: dict[str, TensorInfo], expected: dict[s
     extra = sorted(set(tensors) - set(expected) - {"lm_head.weight"})
     if extra:
         log.warning("%s: ignoring %d unexpected tensor(s), e.g. '%s'", folder, len(extra), extra[0])
-    counts: dict[str, int] = {}
-    for name in expected:
-        counts[tensors[name].dtype] = counts.get(tensors[name].dtype, 0) + 1
-    return max(counts, key=lambda k: counts[k])
 
 
 def _chat_template(folder: Path, tokenizer_config: dict[str, Any]) -> str | None:
@@ -241,7 +236,7 @@ def read_checkpoint(folder: str | Path) -> Checkpoint:
     config = Qwen3VLConfig.from_dict(raw, generation=generation, preprocessor=preprocessor, where=str(config_path))
 
     tensors = read_checkpoint_tensors(folder)
-    weight_dtype = check_tensors(folder, tensors, expected_tensors(config.text, config.vision, tensors, folder))
+    check_tensors(folder, tensors, expected_tensors(config.text, config.vision, tensors, folder))
     video = read_video_settings(folder, config.vision)
 
     missing = [name for name in TOKENIZER_FILES if not (folder / name).is_file()]
@@ -255,7 +250,6 @@ def read_checkpoint(folder: str | Path) -> Checkpoint:
         config=config,
         raw_config=raw,
         tensors=tensors,
-        weight_dtype=weight_dtype,
         tokenizer_files=tuple(present),
         chat_template=_chat_template(folder, tokenizer_config),
         video=video,

@@ -8,5 +8,7 @@ IMAGE_TAG = "<|vision_start|>" + IMAGE_PAD + "<|vision_end|>"
 ENDOFTEXT_ID = 151643  # <|endoftext|>: also the pad token of the released generation_config
 IM_END_ID = 151645  # <|im_end|>: the end of an assistant turn
 VISION_START_ID = 151652
+VISION_END_ID = 151653
 IMAGE_TOKEN_ID = 151655  # <|image_pad|>
+VIDEO_TOKEN_ID = 151656  # <|video_pad|>
 EOS_IDS = (IM_END_ID, ENDOFTEXT_ID)  # the released generation_config's eos_token_id list

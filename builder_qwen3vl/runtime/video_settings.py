@@ -151,7 +151,8 @@ class VideoSettings:
 
 @dataclass(frozen=True)
 class ImageSettings:
-    """The bundle's image processor settings (processor_config.json, og's format): for images that travel with a
+    """Image processor settings: read from a checkpoint's preprocessor_config.json (HF's format, ``from_hf_dict``)
+    and from a bundle's processor_config.json (og's format, ``from_bundle``), e.g. for images that travel with a
     video through ``video.preprocess_image``, which then resizes and normalizes them as og's processor would."""
 
     min_pixels: int = 65536
@@ -161,6 +162,20 @@ class ImageSettings:
     merge_size: int = 2
     image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+    @classmethod
+    def from_hf_dict(cls, d: dict[str, Any]) -> ImageSettings:
+        size = d.get("size") or {}
+        # Qwen3-VL writes size.shortest_edge/longest_edge (pixel counts); Qwen2-VL-style files use min/max_pixels.
+        return cls(
+            min_pixels=int(size.get("shortest_edge", d.get("min_pixels", cls.min_pixels))),
+            max_pixels=int(size.get("longest_edge", d.get("max_pixels", cls.max_pixels))),
+            patch_size=int(d.get("patch_size", cls.patch_size)),
+            temporal_patch_size=int(d.get("temporal_patch_size", cls.temporal_patch_size)),
+            merge_size=int(d.get("merge_size", cls.merge_size)),
+            image_mean=tuple(float(x) for x in d.get("image_mean", cls.image_mean)),  # type: ignore[arg-type]
+            image_std=tuple(float(x) for x in d.get("image_std", cls.image_std)),  # type: ignore[arg-type]
+        )
 
     @classmethod
     def from_bundle(cls, bundle: str | Path) -> ImageSettings:
