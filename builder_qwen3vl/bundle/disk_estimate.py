@@ -2,7 +2,8 @@
 
 Bytes per weight by format (int4: 4-bit values plus one float32 scale per block of 32, og's CPU default;
 int8 formats: one byte plus per-channel scales), counted for the three parts, plus the float32 copy of
-the decoder that the int4 path writes while quantizing large checkpoints (``spill.py``). MoE experts count at
+the decoder that the int4 path writes when onnxruntime's whole-model quantizer runs (``spill.py``: settings
+the streaming quantizer does not reproduce, ``decoder.build.spills_float_decoder``). MoE experts count at
 og's expert format (QMoE int4 at ``-p int4``, or ``moe_quant_type``), in the bundle and in that copy alike: og packs
 them while it makes the graph, before the copy is written. A 10 % margin
 covers graph protobufs, norms and configs. It is a check that a build can finish, not a size promise:

@@ -58,13 +58,17 @@ def build_decoder(
     extra_options: dict[str, Any] | None = None,
     deepstack: bool = True,
     spill_before_quantizing: bool = False,
+    lazy_weights: bool = True,
 ) -> DecoderBuild:
     """Build model.onnx (+ model.onnx.data) into ``output_dir``.
 
     ``extra_options`` use og 0.18's names (``block_size``, ``accuracy_level``, ...; BuildOptions translates
     og's deprecated ``int4_*`` aliases). ``deepstack=False`` builds the same wide-input graph without the DeepStack adds
-    (a testing aid: parity against HF must then fail). ``spill_before_quantizing`` trades a temporary
-    float copy on disk (inside ``output_dir``) for peak memory during quantization (``spill_to_disk``).
+    (a testing aid: parity against HF must then fail). The checkpoint is read a module at a time and int4
+    MatMuls are quantized as they are written (model.py); ``lazy_weights=False`` builds as og's own
+    ``create_model`` does (whole HF model in memory, whole-model quantizer: the tests' reference).
+    ``spill_before_quantizing`` makes the int4 build use og's whole-model quantizer reading a temporary
+    float copy of the decoder on disk (inside ``output_dir``, ``spill_to_disk``) instead.
     """
     builder = og_builder()
     options = {"exclude_embeds": "true", **(extra_options or {})}  # the DeepStack class refuses any other value
@@ -91,13 +95,14 @@ def build_decoder(
                                  f"{QWEN3_VL_ARCHITECTURE} or {QWEN3_VL_MOE_ARCHITECTURE}")
             io_dtype = builder.set_io_dtype(precision, execution_provider, prepared)
             onnx_dtype = builder.set_onnx_dtype(precision, prepared)
-            from .model import APPLY_DEEPSTACK, SPILL_BEFORE_QUANTIZING
+            from .model import APPLY_DEEPSTACK, LAZY_WEIGHTS, SPILL_BEFORE_QUANTIZING
 
             if architecture == QWEN3_VL_MOE_ARCHITECTURE:
                 from .moe_model import DeepStackQwen3VLMoeTextModel as model_class
             else:
                 from .model import DeepStackQwen3VLTextModel as model_class
-            prepared.update({APPLY_DEEPSTACK: deepstack, SPILL_BEFORE_QUANTIZING: spill_before_quantizing})
+            prepared.update({APPLY_DEEPSTACK: deepstack, SPILL_BEFORE_QUANTIZING: spill_before_quantizing,
+                             LAZY_WEIGHTS: lazy_weights})
             try:
                 model = model_class(config, io_dtype, onnx_dtype, execution_provider, cache_dir, prepared)
             except ValueError as e:  # og converts option values here (e.g. int(block_size)): a user input error
@@ -132,10 +137,10 @@ def build_decoder(
     return build
 
 
-# Checkpoints at least this large build the decoder in a child process: og's builder keeps the whole
-# HF model and its quantized copies, and glibc does not give that memory back to the OS, so in-process
-# the embeddings and vision exports would stack on top of it. Small checkpoints stay in-process, where a
-# child's start-up (re-importing torch and og, seconds) would dominate.
+# Checkpoints at least this large build the decoder in a child process: glibc does not give freed memory
+# back to the OS, so in-process the embeddings and vision exports would stack on top of the decoder
+# step's peak (a layer and a few tensors since issue 23, the whole model before). Small checkpoints stay
+# in-process, where a child's start-up (re-importing torch and og, seconds) would dominate.
 ISOLATE_DECODER_BYTES = 1 << 30
 
 
@@ -144,8 +149,16 @@ def checkpoint_bytes(ckpt: Checkpoint) -> int:
 
 
 def spills_float_decoder(ckpt: Checkpoint, plan: BuildPlan) -> bool:
-    """Whether the int4 build saves a float copy of the decoder before quantizing (spill.py), for the disk estimate."""
-    return plan.precision == "int4" and checkpoint_bytes(ckpt) >= ISOLATE_DECODER_BYTES
+    """Whether the int4 build saves a float copy of the decoder before quantizing (spill.py), for the disk estimate.
+
+    The default int4 build quantizes each MatMul as it writes it (stream_quant.py). og's whole-model quantizer
+    runs for the settings that rewrite does not reproduce; it reads a float copy on disk with its default
+    method (``matmul_mixed_precision``, ``use_qdq``), and holds the float model in memory with rtn / k_quant
+    (``algo_config``, including the mixed presets), which cannot read that copy (spill.quantizes_from_files)."""
+    options = {key: str(value).strip().lower() for key, value in dict(plan.og_extra_options).items()}
+    default_method = options.get("algo_config", "default") in ("", "default")
+    whole_model = bool(options.get("matmul_mixed_precision")) or options.get("use_qdq", "false") in ("1", "true")
+    return plan.precision == "int4" and default_method and whole_model
 
 
 def decoder_step(ckpt: Checkpoint, plan: BuildPlan, options: BuildOptions, out: Path) -> DecoderBuild:
@@ -155,7 +168,6 @@ def decoder_step(ckpt: Checkpoint, plan: BuildPlan, options: BuildOptions, out: 
         input_dir=ckpt.folder, output_dir=out, precision=plan.precision,
         execution_provider=plan.execution_provider, cache_dir=options.cache_dir,
         extra_options=dict(plan.og_extra_options), deepstack=plan.apply_deepstack,
-        spill_before_quantizing=large,
     )
     build = run_in_child(build_decoder, kwargs, verbose=options.verbose) if large else build_decoder(**kwargs)
     plan.check_decoder(build)

@@ -102,7 +102,9 @@ def read_expert_layouts(folder: Path, text_config: Any) -> dict[int, str]:
 def fix_ambiguous_experts(model: Any, folder: Path, layouts: dict[int, str]) -> list[str]:
     """Put right, in the loaded HF model, the released-layout tensors transformers' shape rule cannot tell apart.
 
-    Returns the names of the tensors reloaded from the file (none unless H == 2I or I == H).
+    Returns the names of the tensors reloaded from the file (none unless H == 2I or I == H). On a model
+    whose parameters are on the meta device (the lazy reader's skeleton, moe_model.py) nothing is read:
+    the names say which tensors the reader must turn itself.
     """
     import torch
     from safetensors import safe_open
@@ -119,6 +121,9 @@ def fix_ambiguous_experts(model: Any, folder: Path, layouts: dict[int, str]) -> 
             info = tensors[expert_key(layer, which)]
             if info.shape != tuple(param.shape):
                 continue  # transformers saw the shapes differ and transposed
+            if param.device.type == "meta":
+                fixed.append(info.name)
+                continue
             with safe_open(str(info.file), framework="pt") as f:
                 stored = f.get_tensor(info.name)
             with torch.no_grad():

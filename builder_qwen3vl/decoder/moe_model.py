@@ -19,8 +19,10 @@ hooks are ``DeepStackMixin`` (model.py), and the MoE MLP is og's own machinery, 
   ``intermediate_size``. og's Model sets ``intermediate_size`` from ``moe_intermediate_size`` when the
   config has one; this class puts the dense width back (the MoE path reads ``moe_intermediate_size``).
 - weights: og would load ``Qwen3VLForConditionalGeneration`` (its loader maps any ``Qwen3VL*``
-  architecture to the dense class); this class loads ``Qwen3VLMoeForConditionalGeneration`` and then
-  puts right the expert tensors transformers cannot orient from their shapes (moe_experts.py).
+  architecture to the dense class); this class reads ``Qwen3VLMoeForConditionalGeneration``'s parameters,
+  with the expert tensors transformers cannot orient from their shapes put right (moe_experts.py): lazily
+  (model.py, lazy_weights.py), each layer's experts read and packed by og's code when ``ir.save`` writes
+  them (``ExpertTensor``), or, on og's path, the whole model loaded and then fixed.
 """
 
 from __future__ import annotations
@@ -28,14 +30,30 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
+from .lazy_weights import og_initializer
 from .model import DeepStackMixin, _OgQwen3VLTextModel
-from .moe_experts import fix_ambiguous_experts, read_expert_layouts, sparse_layers
+from ..checkpoint.safetensors_index import read_checkpoint_tensors
+from .moe_experts import DOWN, GATE_UP, expert_key, fix_ambiguous_experts, read_expert_layouts, sparse_layers
 
 log = logging.getLogger(__name__)
 
 # og's Qwen3.5-MoE text class, from the same og module as Qwen3VLTextModel (builders.qwen).
 _OgQwen35MoETextModel = sys.modules[_OgQwen3VLTextModel.__module__].Qwen35MoETextModel
+
+
+def expert_orientation(folder: Path, skeleton: Any, text_config: Any) -> dict[str, bool]:
+    """For each sparse layer's two expert tensors, whether the stored tensor is the parameter with axes 1 and 2
+    swapped: as transformers loads them (turned iff the stored shape differs from the parameter's), then put
+    right where that rule cannot tell (``fix_ambiguous_experts``, which on the meta skeleton only names them)."""
+    layouts = read_expert_layouts(folder, text_config)
+    fixed = set(fix_ambiguous_experts(skeleton, folder, layouts))
+    stored = read_checkpoint_tensors(folder)
+    params = dict(skeleton.named_parameters())
+    keys = [expert_key(layer, which) for layer in layouts for which in (GATE_UP, DOWN)]
+    return {key: stored[key].shape != tuple(params[key].shape) or key in fixed for key in keys}
 
 
 class DeepStackQwen3VLMoeTextModel(DeepStackMixin, _OgQwen3VLTextModel):  # type: ignore[misc, valid-type]
@@ -65,6 +83,22 @@ class DeepStackQwen3VLMoeTextModel(DeepStackMixin, _OgQwen3VLTextModel):  # type
         if self.quant_type is not None or str(input_path).endswith(".gguf") or "adapter_path" in self.extra_options:
             raise ValueError("Qwen3-VL MoE decoder: only unquantized Hugging Face safetensors checkpoints are supported "
                              "(no prequantized checkpoint, GGUF file or adapter)")
+        return super().load_weights(input_path)
+
+    def hf_model_class(self) -> type:
+        from transformers import Qwen3VLMoeForConditionalGeneration
+
+        return Qwen3VLMoeForConditionalGeneration
+
+    def oriented_params(self, folder: Path, skeleton: Any) -> dict[str, bool]:
+        return expert_orientation(folder, skeleton, self.moe_text_config)
+
+    def _lazy_skeleton(self, folder: Path) -> Any:
+        skeleton = super()._lazy_skeleton(folder)
+        self.lazy.skip = lambda name: ".mlp.experts." in name  # read per layer by ExpertTensor, when written
+        return skeleton
+
+    def og_load_weights(self, input_path):
         from transformers import Qwen3VLMoeForConditionalGeneration
 
         folder = Path(self.model_name_or_path)
@@ -90,7 +124,45 @@ class DeepStackQwen3VLMoeTextModel(DeepStackMixin, _OgQwen3VLTextModel):  # type
 
     def make_moe_preprocessing(self, layer_id, moe, root_input):
         moe.gate.exclude_from_quantization = True
-        self.make_interleaved_swiglu_moe_preprocessing(layer_id, moe)
+        if self.lazy is None:
+            self.make_interleaved_swiglu_moe_preprocessing(layer_id, moe)
+        else:
+            self._make_lazy_experts(layer_id, self.lazy.module_names[id(moe.experts)])
+
+    def experts_initializers(self, layer_id: int, experts: str, first: int | None = None) -> list[Any]:
+        """The tensors og's ``make_interleaved_swiglu_moe_preprocessing`` registers for this layer, in its order,
+        with the experts (module name ``experts``) read from the checkpoint; ``first``: only that many experts."""
+        read = self.lazy.params.read
+        moe = SimpleNamespace(experts=SimpleNamespace(gate_up_proj=read(f"{experts}.gate_up_proj", first),
+                                                      down_proj=read(f"{experts}.down_proj", first)))
+        made: list[Any] = []
+        num_experts = self.moe_attrs["num_experts"]
+        self.make_initializer = lambda tensor, name, *, to=None, raw=False: made.append(
+            og_initializer(self.lazy.og_make_initializer, tensor, name, to, raw))
+        if first is not None:
+            self.moe_attrs["num_experts"] = first
+        try:
+            self.make_interleaved_swiglu_moe_preprocessing(layer_id, moe)
+        finally:
+            del self.make_initializer
+            self.moe_attrs["num_experts"] = num_experts
+        return made
+
+    def _make_lazy_experts(self, layer_id: int, experts: str) -> None:
+        """og's expert initializers of this layer, shaped and named by og's code run on the first expert and
+        computed from all of them when written (``ExpertTensor``)."""
+        import onnx_ir as ir
+
+        probe = self.experts_initializers(layer_id, experts, first=1)
+        num_experts = self.moe_attrs["num_experts"]
+        layer = _LayerExperts(self, layer_id, experts, [t.name for t in probe])
+        for tensor in probe:
+            if not tensor.shape or tensor.shape[0] != 1:
+                raise RuntimeError(f"og builder: MoE initializer {tensor.name} has shape {list(tensor.shape)} for one expert")
+            shape = ir.Shape([num_experts, *tensor.shape[1:]])
+            value = self.make_value(tensor.name, tensor.dtype, shape)
+            value.const_value = ExpertTensor(layer, tensor.name, dtype=tensor.dtype, shape=shape, name=tensor.name)
+            self.model.graph.register_initializer(value)
 
     make_moe_router = _OgQwen35MoETextModel.make_moe_router
 
@@ -112,3 +184,35 @@ class DeepStackQwen3VLMoeTextModel(DeepStackMixin, _OgQwen3VLTextModel):  # type
             bias2=names["down_bias"],
         )
         self.layernorm_attrs["skip_input"] = f"{moe_name}/output_0"
+
+
+class _LayerExperts:
+    """One sparse layer's expert initializers, made together by og's code when the first is written, each
+    handed out once (the layer's tensors are written one after another)."""
+
+    def __init__(self, model: DeepStackQwen3VLMoeTextModel, layer_id: int, experts: str, names: list[str]):
+        self.model, self.layer_id, self.experts, self.names = model, layer_id, experts, names
+        self.made: dict[str, Any] = {}
+
+    def take(self, name: str) -> Any:
+        if name not in self.made:
+            tensors = self.model.experts_initializers(self.layer_id, self.experts)
+            if [t.name for t in tensors] != self.names:
+                raise RuntimeError(f"og builder: layer {self.layer_id} experts gave {[t.name for t in tensors]}, "
+                                   f"expected {self.names}")
+            self.made = {t.name: t for t in tensors}
+        return self.made.pop(name)
+
+
+def _lazy_base() -> type:
+    import onnx_ir as ir
+
+    return ir.LazyTensor
+
+
+class ExpertTensor(_lazy_base()):  # type: ignore[misc]
+    """A MoE / QMoE expert initializer computed by og's code from the checkpoint when it is written."""
+
+    def __init__(self, layer: _LayerExperts, key: str, **kwargs: Any):
+        self.layer, self.key = layer, key
+        super().__init__(lambda: self.layer.take(self.key), **kwargs)

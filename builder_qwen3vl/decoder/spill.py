@@ -1,4 +1,9 @@
-"""Lower the og builder's peak memory: spill its float graph to disk before int4 quantization."""
+"""Lower the og builder's peak memory when onnxruntime's whole-model quantizer runs: spill its float graph to disk first.
+
+The default int4 build quantizes each MatMul as it is written (stream_quant.py) and needs none of this; og's
+``to_nbits`` still runs for the settings that rewrite does not reproduce (mixed precision, QDQ, rtn / k_quant)
+or when ``spill_before_quantizing`` asks for it.
+"""
 
 from __future__ import annotations
 
