@@ -7,32 +7,50 @@ import contextlib
 import logging
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
-from .bundle import genai_config
-from .bundle import contract
-from .checkpoint.reader import Checkpoint, read_checkpoint
-from .decoder import decoder_step
-from .decoder.build import spills_float_decoder
-from .logs import heartbeat, quiet_libraries
+from .bundle import contract, genai_config
 from .bundle.disk_estimate import estimate_build_bytes
-from .options import BuildOptions
 from .bundle.output_folder import check_free_space, check_output_folder, staged_output
-from .plan import BuildPlan, make_plan
+from .checkpoint.reader import Checkpoint, read_checkpoint
 from .checkpoint.weights import lm_head_is_table
+from .decoder import decoder_step
+from .decoder.build import ISOLATE_DECODER_BYTES, checkpoint_bytes, spills_float_decoder
+from .decoder.child_process import run_in_child
+from .logs import heartbeat, quiet_libraries
+from .options import BuildOptions
+from .plan import BuildPlan, make_plan
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
-def step(name: str) -> Iterator[None]:
-    """Log one line per build step with its duration."""
+def step(name: str, beat: bool = True) -> Iterator[None]:
+    """Log one line per build step with its duration. ``beat``: "still running" lines while it runs (a step run in a
+    child process beats there, beside its own progress lines)."""
     start = time.perf_counter()
     log.info("%s ...", name)
-    with heartbeat(name):  # long steps (og build + quantization, torch export) log "still running" lines
+    with heartbeat(name) if beat else contextlib.nullcontext():  # long steps never look hung
         yield
     log.info("%s done in %.1f s", name, time.perf_counter() - start)
+
+
+def _with_heartbeat(name: str, fn: Callable[..., T], kwargs: dict[str, Any]) -> T:
+    with heartbeat(name):
+        return fn(**kwargs)
+
+
+def run_step(name: str, fn: Callable[..., T], kwargs: dict[str, Any], *, isolate: bool, verbose: bool) -> T:
+    """``fn(**kwargs)`` as build step ``name``: in a child process when ``isolate`` (its memory, torch's and
+    onnxruntime's included, goes back to the OS when it ends, so the next step starts from the parent's few
+    hundred MB), else here."""
+    with step(name, beat=not isolate):
+        if not isolate:
+            return fn(**kwargs)
+        return run_in_child(_with_heartbeat, {"name": name, "fn": fn, "kwargs": kwargs}, verbose=verbose)
 
 
 def build(options: BuildOptions) -> Path:
@@ -62,15 +80,19 @@ def _build(options: BuildOptions) -> Path:
 
 
 def write_bundle(ckpt: Checkpoint, plan: BuildPlan, options: BuildOptions, out: Path) -> None:
-    from .embeddings.build import embeddings_step  # torch: imported when a build runs, not with the package
+    from .embeddings.build import (
+        embeddings_step,  # torch: imported when a build runs, not with the package
+    )
     from .vision.build import vision_step
 
+    # Large checkpoints: every heavy step in a child process of its own (decoder_step decides for the decoder).
+    isolate = checkpoint_bytes(ckpt) >= ISOLATE_DECODER_BYTES
     with step("building model.onnx with the og builder"):
         decoder = decoder_step(ckpt, plan, options, out)
-    with step("exporting embeddings.onnx"):
-        embeddings_step(ckpt, plan, out)
-    with step("exporting vision_encoder.onnx"):
-        vision_step(ckpt, plan, out)
+    run_step("exporting embeddings.onnx", embeddings_step, {"ckpt": ckpt, "plan": plan, "out": out}, isolate=isolate,
+             verbose=options.verbose)
+    run_step("exporting vision_encoder.onnx", vision_step, {"ckpt": ckpt, "plan": plan, "out": out}, isolate=isolate,
+             verbose=options.verbose)
     with step("writing configs and tokenizer"):
         write_configs(ckpt, plan, out, decoder.og_genai_config)
 

@@ -125,16 +125,83 @@ def quiet_libraries(verbose: bool) -> Iterator[None]:
             logger.setLevel(level)
 
 
+# The last progress line of the running step and when it was logged: the heartbeat repeats it, and stays
+# quiet while a step reports progress itself.
+_last_progress: tuple[float, str] = (0.0, "")
+
+
+class Progress:
+    """Progress lines a person can read: "<what>: 12 of 27 blocks, 1.2 of 2.4 GB" at most every ``every`` seconds.
+
+    ``update`` counts items and bytes; the first call, the last item and any call ``every`` seconds after the
+    previous line log one. The heartbeat of the running step repeats the latest line.
+    """
+
+    def __init__(self, what: str, total: int | None = None, unit: str = "", total_bytes: int | None = None,
+                 every: float = HEARTBEAT_SECONDS, logger: logging.Logger | None = None) -> None:
+        self.what, self.total, self.unit, self.total_bytes, self.every = what, total, unit, total_bytes, every
+        self.logger = logger or log
+        self.done = 0
+        self.bytes = 0
+        self._logged_at: float | None = None
+
+    def update(self, items: int = 1, nbytes: int = 0, *, done: int | None = None, done_bytes: int | None = None) -> None:
+        self.done = done if done is not None else self.done + items
+        self.bytes = done_bytes if done_bytes is not None else self.bytes + nbytes
+        now = time.perf_counter()
+        last = self.total is not None and self.done >= self.total
+        if self._logged_at is None or last or now - self._logged_at >= self.every:
+            self._logged_at = now
+            self.logger.info("%s", self.line())
+
+    def finish(self) -> None:
+        """Log the final line (unless the last update just did)."""
+        if self._logged_at is None or not (self.total is not None and self.done >= self.total):
+            self._logged_at = time.perf_counter()
+            self.logger.info("%s", self.line())
+
+    def line(self) -> str:
+        parts = []
+        if self.total is not None:
+            parts.append(f"{self.done} of {self.total}{' ' + self.unit if self.unit else ''}")
+        elif self.unit:
+            parts.append(f"{self.done} {self.unit}")
+        if self.total_bytes:
+            parts.append(f"{_gb(self.bytes)} of {_gb(self.total_bytes)}")
+        elif self.bytes:
+            parts.append(f"{_gb(self.bytes)} written")
+        text = f"{self.what}: {', '.join(parts)}" if parts else self.what
+        global _last_progress
+        _last_progress = (time.perf_counter(), text)
+        return text
+
+
+def progress_line(text: str, logger: logging.Logger | None = None) -> None:
+    """Log one progress line (repeated by the running step's heartbeat)."""
+    global _last_progress
+    _last_progress = (time.perf_counter(), text)
+    (logger or log).info("%s", text)
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
 @contextlib.contextmanager
 def heartbeat(name: str, every: float = HEARTBEAT_SECONDS, logger: logging.Logger | None = None) -> Iterator[None]:
-    """Log "<name> still running (N s)" every ``every`` seconds until the block ends."""
+    """Log "<name> still running (N s)" every ``every`` seconds until the block ends, with the step's latest
+    progress line (``Progress``) if it has one; silent while the step logs progress lines itself."""
     logger = logger or log
     done = threading.Event()
     start = time.perf_counter()
 
     def beat() -> None:
         while not done.wait(every):
-            logger.info("%s still running (%.0f s)", name, time.perf_counter() - start)
+            at, text = _last_progress
+            if at >= start and time.perf_counter() - at < every:
+                continue  # the step itself said what it is doing just now
+            suffix = f"; last: {text}" if at >= start and text else ""
+            logger.info("%s still running (%.0f s)%s", name, time.perf_counter() - start, suffix)
 
     thread = threading.Thread(target=beat, name=f"heartbeat:{name}", daemon=True)
     thread.start()

@@ -1,4 +1,5 @@
-"""The bundle build's embeddings step: share the decoder's tied int4 lm_head, or write an own table."""
+"""The bundle build's embeddings step: share the decoder's tied int4 lm_head, or write an own table (read from
+the checkpoint a block of rows at a time)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..bundle import contract
-from ..checkpoint.weights import EMBED_TABLE, load_tensors
+from ..checkpoint.weights import EMBED_TABLE
 from .export import export_embeddings
 from .shared_table import find_shared_int4_table
+from .table import TableRows
 
 if TYPE_CHECKING:
     from ..checkpoint.reader import Checkpoint
@@ -19,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 def embeddings_step(ckpt: Checkpoint, plan: BuildPlan, out: Path) -> None:
-    table = load_tensors(ckpt, [EMBED_TABLE])[EMBED_TABLE]
+    table = TableRows.of_checkpoint(ckpt, EMBED_TABLE)  # read a block of rows at a time, never whole
     shared = None
     if plan.embeddings_precision == "int4" and plan.lm_head_is_table:
         shared, why = find_shared_int4_table(out / contract.DECODER_FILENAME, *table.shape)

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import torch
 
 from ..bundle import contract
 from .graph import EMBED_GATHER_NODE
+from .table import TableRows
 
 # The int4 error is measured by running the written graph; above this many table elements only an evenly
 # spaced sample of rows is run (2B: 8192 of 151936 rows), which keeps the check to a few seconds.
@@ -65,7 +65,7 @@ def quantize_table_gather(model: onnx.ModelProto, block_size: int, is_symmetric:
 
 
 def measure_int4_error(
-    path: Path, embed_weight: torch.Tensor, image_token_id: int, stream_width: int, np_dtype: type
+    path: Path, table: TableRows, image_token_id: int, stream_width: int, np_dtype: type
 ) -> tuple[float, float, int]:
     """(max|err|, relative RMS err, rows) of the written graph's text rows vs ``embed_weight``.
 
@@ -74,7 +74,7 @@ def measure_int4_error(
     """
     import onnxruntime as ort
 
-    vocab, hidden = embed_weight.shape
+    vocab, hidden = table.shape
     if vocab * hidden <= _ERROR_CHECK_ELEMENTS:
         rows = np.arange(vocab, dtype=np.int64)
     else:
@@ -88,7 +88,7 @@ def measure_int4_error(
     for start in range(0, len(rows), chunk):
         ids = rows[start : start + chunk]
         (out_1RW,) = session.run(None, {ids_name: ids[None], feats_name: no_feats})
-        ref_RH = embed_weight.detach()[torch.from_numpy(ids)].double().numpy()
+        ref_RH = table.take(ids).double().numpy()
         diff_RH = out_1RW[0, :, :hidden].astype(np.float64) - ref_RH
         max_err = max(max_err, float(np.abs(diff_RH).max(initial=0.0)))
         err_sq += float((diff_RH**2).sum())

@@ -17,6 +17,8 @@ _LAZY = {
     "Qwen3VLVisionExportModule": ".model",
     "check_grid": ".model",
     "load_hf_visual": ".load",
+    "visual_skeleton": ".load",
+    "checkpoint_weights": ".load",
     "vision_step": ".build",
 }
 __all__ = sorted(_LAZY)

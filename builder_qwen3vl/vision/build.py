@@ -1,4 +1,5 @@
-"""The bundle build's vision step: HF's tower from the checkpoint, exported as the plan says."""
+"""The bundle build's vision step: HF's tower for the checkpoint's config, exported as the plan says, its
+weights read from the checkpoint one tensor at a time."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from ..bundle import contract
 from .export import export_vision_encoder
-from .load import load_hf_visual
+from .load import checkpoint_weights, visual_skeleton
 
 if TYPE_CHECKING:
     from ..checkpoint.reader import Checkpoint
@@ -15,5 +16,7 @@ if TYPE_CHECKING:
 
 
 def vision_step(ckpt: Checkpoint, plan: BuildPlan, out: Path) -> Path:
-    return export_vision_encoder(load_hf_visual(ckpt), out / contract.VISION.filename, dtype=plan.vision_dtype,
-                                 weights=plan.vision_weights, stream_width=plan.stream_width)
+    visual = visual_skeleton(ckpt)
+    return export_vision_encoder(visual, out / contract.VISION.filename, dtype=plan.vision_dtype,
+                                 weights=plan.vision_weights, stream_width=plan.stream_width,
+                                 weights_from=checkpoint_weights(ckpt, visual))

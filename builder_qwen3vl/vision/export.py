@@ -13,18 +13,26 @@ import copy
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import torch
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from ..bundle.contract import VISION
+from ..logs import Progress, progress_line
 from .formats import DYNAMIC_FORMATS
 from .model import Qwen3VLVisionExportModule
-from .quantize import quantize_dynamic, quantize_matmul_weights, store_matmul_weights_fp16
+from .placeholders import WeightStore
+from .quantize import (
+    quantize_dynamic,
+    quantize_matmul_weights,
+    store_matmul_weights_fp16,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +57,7 @@ def export_vision_encoder(
     accuracy_level: int | None = None,
     example_grid: tuple[int, int, int] = (1, 4, 6),
     stream_width: int | None = None,
+    weights_from: Callable[[str], torch.Tensor] | None = None,
 ) -> Path:
     """Write ``visual`` (an HF ``Qwen3VLVisionModel``) as one ONNX file at ``path``; return the path.
 
@@ -60,33 +69,47 @@ def export_vision_encoder(
     ``quantize_dynamic`` of the MatMuls (per-channel s8 / u8 weights, activations quantized per call).
     example_grid: the grid traced at export; nothing about it is baked into the graph.
     stream_width: the W = (1 + D) * H the bundle's other models expect of image_features; checked if given.
+    weights_from: the value of each of ``visual``'s parameters by its ``state_dict`` name (in any float dtype:
+    cast to fp32, then to ``dtype``, as a tower loaded in fp32 would be); ``visual``'s own large parameters are
+    then never read, so it can be a tower built without its weights (``load.visual_skeleton``); its small ones
+    (up to 65,536 elements) are set from ``weights_from`` before the trace.
+
+    Memory: the weights are never all in memory. The traced graph's weights are written to a temporary file
+    beside ``path`` one tensor at a time, and every later stage (Gemm to MatMul, the weight format, the final
+    save) holds the graph with placeholders for them (placeholders.py) and reads one tensor at a time.
     """
     weights = weights or dtype
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-
-    model = _trace_to_onnx(visual, _TORCH_DTYPES[dtype], example_grid)
-    _drop_trace_metadata(model)
-    _name_dims(model)
-    _check_stream_width(model, stream_width)
-    _gemm_to_matmul(model)
-    if weights == "fp16" and dtype == "fp32":
-        store_matmul_weights_fp16(model)
-    elif weights in ("int8", "int4"):
-        model = quantize_matmul_weights(model, bits=8 if weights == "int8" else 4, block_size=block_size,
-                                        accuracy_level=accuracy_level)
-    elif weights in DYNAMIC_FORMATS:
-        model = quantize_dynamic(model, DYNAMIC_FORMATS[weights])
-    _save(model, path)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".vision-export-") as work:
+        store = WeightStore()
+        model = _trace_to_onnx(visual, _TORCH_DTYPES[dtype], example_grid, Path(work), store, weights_from)
+        _drop_trace_metadata(model)
+        _name_dims(model)
+        _check_stream_width(model, stream_width)
+        _gemm_to_matmul(model, store)
+        if weights == "fp16" and dtype == "fp32":
+            store_matmul_weights_fp16(model, store)
+        elif weights in ("int8", "int4"):
+            model = quantize_matmul_weights(model, store, bits=8 if weights == "int8" else 4, block_size=block_size,
+                                            accuracy_level=accuracy_level)
+        elif weights in DYNAMIC_FORMATS:
+            model = quantize_dynamic(model, store, DYNAMIC_FORMATS[weights], Path(work))
+        _save(model, path, store)
     return path
 
 
-def _trace_to_onnx(visual: torch.nn.Module, dtype: torch.dtype, example_grid: tuple[int, int, int]) -> onnx.ModelProto:
-    # The wrapper shares the HF submodules; converting a copy keeps the caller's model in its dtype.
-    source = visual if next(visual.parameters()).dtype == dtype else copy.deepcopy(visual)
-    module = Qwen3VLVisionExportModule(source).eval().to(dtype)
-    # rotary frequencies stay fp32 (HF computes the angles in fp32 whatever the model dtype)
-    module.inv_freq = module.inv_freq.float()
+# The export module's parameters that are not the tower's own: (tower parameter, how to derive the value).
+_DERIVED_PARAMETERS: dict[str, tuple[str, Callable[[torch.Tensor], torch.Tensor]]] = {
+    "patch_proj.weight": ("patch_embed.proj.weight", lambda w: w.reshape(w.shape[0], -1)),  # Conv3d as a Linear
+    "patch_proj.bias": ("patch_embed.proj.bias", lambda b: b),
+}
+
+
+def _trace_to_onnx(visual: torch.nn.Module, dtype: torch.dtype, example_grid: tuple[int, int, int], work: Path,
+                   store: WeightStore, weights_from: Callable[[str], torch.Tensor] | None) -> onnx.ModelProto:
+    """The traced graph, as ``onnx.load`` of the exporter's saved model gives it, its weights as placeholders."""
+    module = _export_module(visual, dtype, weights_from)
     t, h, w = example_grid
     grid = torch.tensor([list(example_grid)], dtype=torch.int64)
     pixel_values = torch.zeros(t * h * w, module.patch_proj.in_features, dtype=dtype)
@@ -95,8 +118,8 @@ def _trace_to_onnx(visual: torch.nn.Module, dtype: torch.dtype, example_grid: tu
         "pixel_values": {0: dims("num_patches", min=1)},
         "image_grid_thw": {0: dims("num_images", min=1)},
     }
-    with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
-        tmp_path = os.path.join(tmp, VISION.filename)
+    progress_line("vision: tracing the graph (torch.export)", logger)
+    with torch.no_grad():
         program = torch.onnx.export(
             module,
             (pixel_values, grid),
@@ -107,9 +130,79 @@ def _trace_to_onnx(visual: torch.nn.Module, dtype: torch.dtype, example_grid: tu
             dynamo=True,
             verbose=False,
         )
-        program.save(tmp_path, external_data=True)
-        del program
-        return onnx.load(tmp_path, load_external_data=True)
+    if weights_from is not None:
+        _weights_from_source(program.model, module, dtype, weights_from)
+    # ONNXProgram.save(external_data=True) is this ir.save; here with progress lines and the weights read one by one.
+    initializers = program.model.graph.initializers.values()
+    total = sum(v.const_value.nbytes for v in initializers if v.const_value is not None)
+    progress = Progress("vision: reading the weights into the traced graph", None, "tensors", total, logger=logger)
+
+    def saved(tensor: ir.TensorProtocol, info: ir.external_data.CallbackInfo) -> None:
+        progress.total = info.total
+        progress.update(1, tensor.nbytes)
+
+    tmp_path = work / VISION.filename
+    ir.save(program.model, tmp_path, external_data=VISION.filename + ".data", callback=saved)
+    del program, module
+    return store.load(tmp_path)
+
+
+def _export_module(visual: torch.nn.Module, dtype: torch.dtype,
+                   weights_from: Callable[[str], torch.Tensor] | None) -> Qwen3VLVisionExportModule:
+    if weights_from is None:
+        # The wrapper shares the HF submodules; converting a copy keeps the caller's model in its dtype.
+        source = visual if next(visual.parameters()).dtype == dtype else copy.deepcopy(visual)
+        module = Qwen3VLVisionExportModule(source).eval().to(dtype)
+    else:
+        # The exporter's optimizer reads small constants (it folds nodes with inputs of up to 8192 elements and
+        # merges equal initializers of up to 1024): those parameters get their real values. The large ones stay
+        # placeholders whose memory is never touched; they get the graph dtype without a conversion (which would
+        # write every one of them), and the small ones and the buffers (rotary frequencies) are converted as usual.
+        with torch.no_grad():
+            for name, param in visual.named_parameters():
+                if param.numel() <= _REAL_PARAMETER_ELEMENTS:
+                    param.data = weights_from(name).to(torch.float32)
+        module = Qwen3VLVisionExportModule(visual).eval()
+        for sub in module.modules():
+            for name, param in list(sub.named_parameters(recurse=False)):
+                if param.dtype != dtype and param.numel() > _REAL_PARAMETER_ELEMENTS:
+                    setattr(sub, name, torch.nn.Parameter(torch.empty(param.shape, dtype=dtype)))
+        module = module.to(dtype)
+    # rotary frequencies stay fp32 (HF computes the angles in fp32 whatever the model dtype)
+    module.inv_freq = module.inv_freq.float()
+    return module
+
+
+def _weights_from_source(model: ir.Model, module: torch.nn.Module, dtype: torch.dtype,
+                         weights_from: Callable[[str], torch.Tensor]) -> None:
+    """Point every initializer that is one of ``module``'s parameters at its value from ``weights_from``."""
+    params = dict(module.named_parameters())
+    large = {name for name, p in params.items() if p.numel() > _REAL_PARAMETER_ELEMENTS}
+    missing = sorted(large - set(model.graph.initializers))  # small ones may have been merged with an equal one
+    if missing:
+        raise RuntimeError(f"vision export: parameters not found among the traced graph's initializers: {missing[:5]}")
+    for name, value in model.graph.initializers.items():
+        if name not in params:
+            if value.const_value is not None and value.const_value.size > _REAL_PARAMETER_ELEMENTS:
+                raise RuntimeError(f"vision export: initializer {name} ({value.const_value.size} elements) is not a "
+                                   "parameter: a constant folded from placeholder weights?")
+            continue
+        source, derive = _DERIVED_PARAMETERS.get(name, (name, lambda x: x))
+        traced = value.const_value
+
+        def read(source: str = source, derive: Callable = derive, traced: ir.TensorProtocol = traced) -> ir.Tensor:
+            array = derive(weights_from(source).to(torch.float32)).to(dtype).contiguous().numpy()
+            if tuple(array.shape) != tuple(traced.shape) or ir.DataType.from_numpy(array.dtype) != traced.dtype:
+                raise RuntimeError(f"vision export: {source} is {array.dtype} {list(array.shape)}, the graph's "
+                                   f"{traced.name} is {traced.dtype} {list(traced.shape)}")
+            return ir.Tensor(array, name=traced.name)
+
+        value.const_value = ir.LazyTensor(read, traced.dtype, traced.shape, name=traced.name)
+
+
+# Parameters of up to this many elements are real during the trace (see _export_module); above onnxscript's
+# constant-folding input limit (8192 elements), with room.
+_REAL_PARAMETER_ELEMENTS = 1 << 16
 
 
 def _drop_trace_metadata(model: onnx.ModelProto) -> None:
@@ -139,7 +232,7 @@ def _initializers(model: onnx.ModelProto) -> dict[str, TensorProto]:
     return {init.name: init for init in model.graph.initializer}
 
 
-def _gemm_to_matmul(model: onnx.ModelProto) -> None:
+def _gemm_to_matmul(model: onnx.ModelProto, store: WeightStore) -> None:
     """Rewrite ``Gemm(A, W, b, transB=1)`` with a constant W as ``MatMul(A, W^T) + b``."""
     inits = _initializers(model)
     new_nodes: list[onnx.NodeProto] = []
@@ -149,11 +242,18 @@ def _gemm_to_matmul(model: onnx.ModelProto) -> None:
         if node.op_type != "Gemm" or not plain or node.input[1] not in inits:
             new_nodes.append(node)
             continue
-        weight = numpy_helper.to_array(inits[node.input[1]])
-        if attrs.get("transB", 0):
-            weight = np.ascontiguousarray(weight.T)
+        source = TensorProto()
+        source.CopyFrom(inits[node.input[1]])  # a placeholder: a few bytes
+        transpose = bool(attrs.get("transB", 0))
+        shape = tuple(reversed(source.dims)) if transpose else tuple(source.dims)
+
+        def transposed(source: TensorProto = source, transpose: bool = transpose) -> np.ndarray:
+            weight = store.array(source)
+            return np.ascontiguousarray(weight.T) if transpose else weight
+
         weight_name = node.input[1] + "_KN"
-        model.graph.initializer.append(numpy_helper.from_array(weight, weight_name))
+        like = np.empty(0, helper.tensor_dtype_to_np_dtype(source.data_type))
+        model.graph.initializer.append(store.tensor(like, shape, weight_name, transposed))
         inits[weight_name] = model.graph.initializer[-1]
         has_bias = len(node.input) > 2 and node.input[2]
         matmul_out = node.output[0] + "_matmul" if has_bias else node.output[0]
@@ -172,14 +272,17 @@ def _drop_unused_initializers(model: onnx.ModelProto) -> None:
     model.graph.initializer.extend(keep)
 
 
-def _save(model: onnx.ModelProto, path: Path) -> None:
+def _save(model: onnx.ModelProto, path: Path, store: WeightStore) -> None:
     data_path = path.with_name(path.name + ".data")
     if data_path.exists():
         data_path.unlink()
-    size = sum(len(init.raw_data) for init in model.graph.initializer)
+    size = sum(store.nbytes(init) for init in model.graph.initializer)
+    progress = Progress(f"vision: writing {path.name}", total_bytes=size, logger=logger)
     if size > _EXTERNAL_DATA_THRESHOLD:
         logger.info("vision encoder weights are %.2f GB; writing them to %s", size / 1e9, data_path.name)
-        onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data_path.name, size_threshold=1024)
+        store.save(model, path, external_data=data_path.name, size_threshold=1024,
+                   progress=lambda done, total: progress.update(0, done_bytes=done))
     else:
-        onnx.save_model(model, path)
+        store.save(model, path, progress=lambda done, total: progress.update(0, done_bytes=done))
+    progress.bytes = size  # the small tensors are written with the graph, uncounted
+    progress.finish()
