@@ -26,22 +26,18 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import re
-import threading
-import weakref
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 from ..checkpoint.safetensors_index import TensorInfo, read_checkpoint_tensors
+from .live_tensors import LiveTensors
 
 log = logging.getLogger(__name__)
 
 # Output blocks of about this many bytes when a 2-D weight is converted (cast / transposed) for writing.
 BLOCK_BYTES = 64 << 20
-_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
 class LazyUnsupported(Exception):
@@ -105,39 +101,6 @@ def hf_skeleton(hf_class: type, folder: Path) -> Any:
 
 
 # ------------------------------------------------------------------------------------------ reading params
-
-
-@dataclass
-class LiveTensors:
-    """Bytes and layers of the checkpoint tensors handed out and still alive (for the memory tests)."""
-
-    bytes: int = 0
-    peak_bytes: int = 0
-    layers: dict[int, int] = field(default_factory=dict)  # layer -> live tensors
-    peak_layers: int = 0
-    reads: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def track(self, name: str, tensor: Any) -> None:
-        nbytes = tensor.untyped_storage().nbytes()
-        match = _LAYER.search(name)
-        layer = int(match.group(1)) if match else None
-        with self.lock:
-            self.reads += 1
-            self.bytes += nbytes
-            self.peak_bytes = max(self.peak_bytes, self.bytes)
-            if layer is not None:
-                self.layers[layer] = self.layers.get(layer, 0) + 1
-                self.peak_layers = max(self.peak_layers, len(self.layers))
-        weakref.finalize(tensor, self._released, nbytes, layer)
-
-    def _released(self, nbytes: int, layer: int | None) -> None:
-        with self.lock:
-            self.bytes -= nbytes
-            if layer is not None:
-                self.layers[layer] -= 1
-                if not self.layers[layer]:
-                    del self.layers[layer]
 
 
 # Every CheckpointParams made in this process reports here (tests read it).
@@ -365,8 +328,3 @@ class LazyWeights:
             self.params, param, geometry, isinstance(tensor, torch.nn.Parameter), to, value.const_value,
             self.og_make_initializer,
         )
-
-
-def layer_of(name: str) -> int | None:
-    match = _LAYER.search(name.replace("/", "."))
-    return int(match.group(1)) if match else None

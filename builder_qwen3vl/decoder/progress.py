@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from .lazy_weights import layer_of
+from .live_tensors import layer_of
 
 log = logging.getLogger(__name__)
 
