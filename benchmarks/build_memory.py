@@ -51,14 +51,14 @@ SAMPLE_SECONDS = 0.2
 
 def shape_config(shape: str, layers: int | None) -> dict[str, Any]:
     """The released config.json of ``shape`` (package data), its text layers cut to ``layers``."""
-    from builder_qwen3vl.testing.checkpoints import reference_json
+    from builder_qwen3vl.testing.checkpoints import reference_config
 
     if shape == "30b-a3b":
         from builder_qwen3vl.testing.moe_checkpoints import reference_moe_config
 
         cfg = reference_moe_config(shape)
     else:
-        cfg = reference_json(f"qwen3-vl-{shape}-instruct.config.json")
+        cfg = reference_config(shape)
     if layers is not None:
         text = cfg["text_config"]
         text["num_hidden_layers"] = layers

@@ -112,7 +112,7 @@ def vision_variants(settings: Settings) -> dict[str, Any]:
         if not path.exists():
             visual = visual or load_hf_visual(read_checkpoint(settings.checkpoint))
             start = time.perf_counter()
-            export_vision_encoder(visual, path, dtype="fp32", weights=variant)
+            export_vision_encoder(visual, path, dtype="float32", weights=variant)
             export_s[variant] = time.perf_counter() - start
         paths[variant] = path
     del visual

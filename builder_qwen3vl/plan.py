@@ -35,9 +35,10 @@ class BuildPlan:
     num_layers: int  # text decoder layers
     precision: str  # decoder weights, og's -p: "fp32" | "fp16" | "int4"
     execution_provider: str
-    io_dtype: str  # "float32" | "float16": inputs_embeds, image_features, logits, KV cache (og's rule)
+    # Names: element types are numpy's ("float32", "float16"); storage formats and precisions are og's -p names
+    # ("fp32", "fp16", "int4", plus the vision formats "int8", "qint8", "quint8").
+    io_dtype: str  # "float32" | "float16": inputs_embeds, image_features, logits, KV cache, vision_encoder.onnx (og's rule)
     embeddings_precision: str  # "fp32" | "fp16" | "int4"
-    vision_dtype: str  # "fp32" | "fp16": compute and io dtype of vision_encoder.onnx
     vision_weights: str  # "fp32" | "fp16" | "int8" | "int4" | "qint8" | "quint8"
     lm_head_is_table: bool  # the decoder's int4 lm_head can serve as embeddings.onnx's table (weights.lm_head_is_table)
     og_extra_options: tuple[tuple[str, str], ...]  # what the og builder receives (our defaults for its keys included)
@@ -83,7 +84,7 @@ def make_plan(cfg: Qwen3VLConfig, options: BuildOptions, *, lm_head_is_table: bo
             f"--extra_options {given}: bfloat16 inputs/outputs are not supported "
             "(embeddings.onnx and vision_encoder.onnx are float32 or float16); expected use_cuda_bf16=false"
         )
-    vision_dtype, vision_weights = resolve_vision_format(options.precision, io_dtype, options.vision_precision, where)
+    vision_weights = resolve_vision_format(options.precision, io_dtype, options.vision_precision, where)
     threads = options.intra_op_num_threads
     return BuildPlan(
         num_deepstack=cfg.num_deepstack,
@@ -93,7 +94,6 @@ def make_plan(cfg: Qwen3VLConfig, options: BuildOptions, *, lm_head_is_table: bo
         execution_provider=options.execution_provider,
         io_dtype=io_dtype,
         embeddings_precision=options.embeddings_precision or options.precision,
-        vision_dtype=vision_dtype,
         vision_weights=vision_weights,
         lm_head_is_table=cfg.text.tie_word_embeddings if lm_head_is_table is None else lm_head_is_table,
         og_extra_options=tuple(options.og_extra_options.items()),

@@ -23,7 +23,7 @@ def _write(folder: Path, **kwargs) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("name,hidden,deepstack", [("2b", 2048, 3), ("4b", 2560, 3), ("8b", 4096, 3)])
+@pytest.mark.parametrize("name,hidden,deepstack", [("2b", 2048, 3), ("4b", 2560, 3), ("8b", 4096, 3), ("32b", 5120, 3)])
 def test_reference_configs_parse_in_both_formats(name: str, hidden: int, deepstack: int) -> None:
     raw = reference_config(name)
     old = Qwen3VLConfig.from_dict(raw)

@@ -314,9 +314,11 @@ def test_disk_estimate_counts_experts_in_their_format() -> None:
         plan = make_plan(cfg, BuildOptions(input="in", output="out", precision=precision, extra_options=extra), lm_head_is_table=False)
         return estimate_build_bytes(ckpt, plan, spills_float_decoder=spill)[0] / 1e9
 
-    assert round(estimate("int4", False)) == 162 and round(estimate("int4", True)) == 351  # bundle ~147.5 GB (+ ~171.4 GB copy)
-    assert round(estimate("int4", False, moe_quant_type="int8")) == 287
-    assert round(estimate("fp16", False)) == 518
+    # bundle ~147.5 GB; + the larger temporary: the vision export's ~2.9 GB (fp32 tower + qint8 copy, measured 2.68 GB
+    # at the 30B-A3B shape, docs/benchmarks.md) or the ~171.4 GB float decoder copy; x 1.1 margin
+    assert round(estimate("int4", False)) == 165 and round(estimate("int4", True)) == 351
+    assert round(estimate("int4", False, moe_quant_type="int8")) == 290
+    assert round(estimate("fp16", False)) == 520  # float16 graph: fp16 tower work copy ~1.15 GB
 
 
 # ---------------------------------------------------------------- bad MoE checkpoints: one line, exit 2

@@ -93,8 +93,8 @@ def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     spec: TinyVision = request.param
     hf = _hf_vision(spec, seed=len(spec.name) + spec.depth)
     out = tmp_path_factory.mktemp(spec.name)
-    p32 = export_vision_encoder(hf, out / "vision_fp32.onnx", dtype="fp32", example_grid=EXPORT_GRID)
-    p16 = export_vision_encoder(hf, out / "vision_fp16.onnx", dtype="fp16", example_grid=EXPORT_GRID)
+    p32 = export_vision_encoder(hf, out / "vision_fp32.onnx", dtype="float32", example_grid=EXPORT_GRID)
+    p16 = export_vision_encoder(hf, out / "vision_fp16.onnx", dtype="float16", example_grid=EXPORT_GRID)
     return Exported(spec, hf, ort.InferenceSession(p32), ort.InferenceSession(p16), p32)
 
 
@@ -207,7 +207,7 @@ def test_check_grid_accepts_mixed_frames_same_hw() -> None:
 def test_quantized_weights_stay_close_to_hf(weights: str, op: str, tmp_path: Path) -> None:
     spec = CONFIGS[0]
     hf = _hf_vision(spec, seed=len(spec.name) + spec.depth)
-    path = export_vision_encoder(hf, tmp_path / f"vision_{weights}.onnx", dtype="fp32", weights=weights)
+    path = export_vision_encoder(hf, tmp_path / f"vision_{weights}.onnx", dtype="float32", weights=weights)
     ops = [node.op_type for node in onnx.load(str(path)).graph.node]
     print(f"{weights}: {ops.count(op)} {op}, {ops.count('MatMul')} float MatMul (attention scores and values)")
     assert ops.count(op) >= 4 * spec.depth  # qkv, proj, fc1, fc2 of every block at least

@@ -1,9 +1,10 @@
 """How much disk a build needs at ``-o``, estimated from the checkpoint's tensor shapes and the plan.
 
 Bytes per weight by format (int4: 4-bit values plus one float32 scale per block of 32, og's CPU default;
-int8 formats: one byte plus per-channel scales), counted for the three parts, plus the float32 copy of
-the decoder that the int4 path writes when onnxruntime's whole-model quantizer runs (``spill.py``: settings
-the streaming quantizer does not reproduce, ``decoder.build.spills_float_decoder``). MoE experts count at
+int8 formats: one byte plus per-channel scales), counted for the three parts, plus the larger of two
+temporary copies that never coexist: the float32 decoder the int4 path writes when onnxruntime's
+whole-model quantizer runs (``spill.py``: settings the streaming quantizer does not reproduce,
+``decoder.build.spills_float_decoder``) and the vision export's work files. MoE experts count at
 og's expert format (QMoE int4 at ``-p int4``, or ``moe_quant_type``), in the bundle and in that copy alike: og packs
 them while it makes the graph, before the copy is written. A 10 % margin
 covers graph protobufs, norms and configs. It is a check that a build can finish, not a size promise:
@@ -55,7 +56,13 @@ def estimate_build_bytes(ckpt: Checkpoint, plan: BuildPlan, *, spills_float_deco
     bundle = (decoder * BYTES_PER_WEIGHT[plan.precision] + expert_bytes + vision * BYTES_PER_WEIGHT[plan.vision_weights]
               + (0 if plan.lm_head_is_table and plan.embeddings_precision == "int4" else
                  table * BYTES_PER_WEIGHT[plan.embeddings_precision]))
-    scratch = 4.0 * decoder + expert_bytes if spills_float_decoder else 0.0
-    what = f"bundle ~{bundle / 1e9:.2f} GB" + (f" + float32 decoder copy while quantizing ~{scratch / 1e9:.2f} GB"
-                                               if scratch else "")
+    spill = 4.0 * decoder + expert_bytes if spills_float_decoder else 0.0
+    # vision/export.py's work folder inside -o: the traced tower in the graph's type, plus onnxruntime's
+    # dynamic-quantization output when the format is qint8 / quint8; removed before the next step.
+    graph_bytes = 2.0 if plan.io_dtype == "float16" else 4.0
+    vision_scratch = vision * (graph_bytes + (1.0 if plan.vision_weights in ("qint8", "quint8") else 0.0))
+    scratch = max(spill, vision_scratch)  # the steps run one after the other, each removing its own
+    what = f"bundle ~{bundle / 1e9:.2f} GB + " + (f"float32 decoder copy while quantizing ~{spill / 1e9:.2f} GB"
+                                                 if spill >= vision_scratch else
+                                                 f"vision export work files ~{vision_scratch / 1e9:.2f} GB")
     return int((bundle + scratch) * MARGIN), what

@@ -20,7 +20,7 @@ from .random_init import random_tensor
 
 log = logging.getLogger(__name__)
 
-REFERENCE_NAMES = ("2b", "4b", "8b")
+REFERENCE_NAMES = ("2b", "4b", "8b", "32b")
 _DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
@@ -33,7 +33,7 @@ def reference_json(filename: str) -> dict[str, Any]:
 
 
 def reference_config(name: str) -> dict[str, Any]:
-    """The released checkpoint's config.json (transformers 4.57 format) for '2b', '4b' or '8b'."""
+    """The released dense checkpoint's config.json (transformers 4.57 format): one of ``REFERENCE_NAMES``."""
     if name not in REFERENCE_NAMES:
         raise ValueError(f"reference config '{name}': expected one of {', '.join(REFERENCE_NAMES)}")
     return reference_json(f"qwen3-vl-{name}-instruct.config.json")

@@ -17,6 +17,6 @@ if TYPE_CHECKING:
 
 def vision_step(ckpt: Checkpoint, plan: BuildPlan, out: Path) -> Path:
     visual = visual_skeleton(ckpt)
-    return export_vision_encoder(visual, out / contract.VISION.filename, dtype=plan.vision_dtype,
+    return export_vision_encoder(visual, out / contract.VISION.filename, dtype=plan.io_dtype,
                                  weights=plan.vision_weights, stream_width=plan.stream_width,
                                  weights_from=checkpoint_weights(ckpt, visual))

@@ -42,16 +42,17 @@ VISION_OPSET = 18
 # protobuf cannot serialise a message over 2 GiB; stay clearly below it.
 _EXTERNAL_DATA_THRESHOLD = 2_000_000_000
 
-Dtype = Literal["fp32", "fp16"]
+Dtype = Literal["float32", "float16"]  # element type of the graph (the bundle's io dtype)
 WeightFormat = Literal["fp32", "fp16", "int8", "int4", "qint8", "quint8"]
-_TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+_SAME_FORMAT: dict[str, WeightFormat] = {"float32": "fp32", "float16": "fp16"}  # weights stored as the graph computes
 
 
 def export_vision_encoder(
     visual: torch.nn.Module,
     path: str | os.PathLike[str],
     *,
-    dtype: Dtype = "fp32",
+    dtype: Dtype = "float32",
     weights: WeightFormat | None = None,
     block_size: int = 32,
     accuracy_level: int | None = None,
@@ -62,7 +63,7 @@ def export_vision_encoder(
     """Write ``visual`` (an HF ``Qwen3VLVisionModel``) as one ONNX file at ``path``; return the path.
 
     dtype: compute and I/O precision of the graph (pixel_values and image_features use it too).
-    weights: how MatMul weights are stored; defaults to ``dtype``. "fp16" with dtype "fp32" stores
+    weights: how MatMul weights are stored; defaults to the graph's own type. "fp16" in a float32 graph stores
     fp16 weights behind a Cast; "int8"/"int4" replace MatMuls with com.microsoft MatMulNBits
     (block-wise asymmetric, ``block_size`` along K; ``accuracy_level`` is MatMulNBits'
     compute-precision attribute, None = fp32 compute). "qint8"/"quint8": onnxruntime's
@@ -78,7 +79,9 @@ def export_vision_encoder(
     beside ``path`` one tensor at a time, and every later stage (Gemm to MatMul, the weight format, the final
     save) holds the graph with placeholders for them (placeholders.py) and reads one tensor at a time.
     """
-    weights = weights or dtype
+    if dtype not in _TORCH_DTYPES:
+        raise ValueError(f"vision export: dtype {dtype!r}; expected one of {sorted(_TORCH_DTYPES)}")
+    weights = weights or _SAME_FORMAT[dtype]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".vision-export-") as work:
@@ -88,7 +91,7 @@ def export_vision_encoder(
         _name_dims(model)
         _check_stream_width(model, stream_width)
         _gemm_to_matmul(model, store)
-        if weights == "fp16" and dtype == "fp32":
+        if weights == "fp16" and dtype == "float32":
             store_matmul_weights_fp16(model, store)
         elif weights in ("int8", "int4"):
             model = quantize_matmul_weights(model, store, bits=8 if weights == "int8" else 4, block_size=block_size,

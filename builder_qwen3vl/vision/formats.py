@@ -20,16 +20,16 @@ DEFAULT_WEIGHTS = {"fp32": "fp32", "fp16": "fp16", "int4": "qint8"}
 DEFAULT_WEIGHTS_FP16_GRAPH = {"fp32": "fp16", "fp16": "fp16", "int4": "int8"}
 
 
-def resolve_vision_format(precision: str, io_dtype: str, asked: str | None, where: str) -> tuple[str, str]:
-    """(graph dtype "fp32" | "fp16", weight format) for a bundle whose io dtype is ``io_dtype``.
+def resolve_vision_format(precision: str, io_dtype: str, asked: str | None, where: str) -> str:
+    """The weight format of vision_encoder.onnx in a bundle whose io dtype is ``io_dtype`` ("float32" | "float16").
 
-    The graph follows the bundle's io dtype (image_features feed embeddings.onnx in that dtype).
+    The graph itself computes in the io dtype (image_features feed embeddings.onnx in that dtype).
     """
-    graph = "fp16" if io_dtype == "float16" else "fp32"
-    weights = asked or (DEFAULT_WEIGHTS if graph == "fp32" else DEFAULT_WEIGHTS_FP16_GRAPH)[precision]
-    if graph == "fp16" and weights in DYNAMIC_FORMATS:
+    fp16_graph = io_dtype == "float16"
+    weights = asked or (DEFAULT_WEIGHTS_FP16_GRAPH if fp16_graph else DEFAULT_WEIGHTS)[precision]
+    if fp16_graph and weights in DYNAMIC_FORMATS:
         raise InputError(f"--extra_options vision_precision={weights}: needs a float32 bundle (-p fp32, or -p int4 -e cpu); "
                          f"{where} gives float16")
-    if graph == "fp16" and weights == "fp32":
+    if fp16_graph and weights == "fp32":
         weights = "fp16"  # an fp16 graph cannot hold fp32 weights
-    return graph, weights
+    return weights
