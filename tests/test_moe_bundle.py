@@ -231,7 +231,8 @@ def test_235b_config_int4_bundle(int4_235b: SimpleNamespace) -> None:
     assert [n.name for n in qmoe] == [f"/model/layers.{i}/moe/QMoE" for i in range(4)]
     for node in qmoe:
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        assert (attrs["k"], attrs["expert_weight_bits"], attrs["block_size"], attrs["normalize_routing_weights"]) == (8, 4, 32, 1)
+        assert (attrs["k"], attrs["expert_weight_bits"], attrs["block_size"], attrs["normalize_routing_weights"],
+                attrs["accuracy_level"]) == (8, 4, 32, 1, 4)  # int8 activations, as og's MatMulNBits on CPU
     assert sorted(n.name for n in nodes if n.op_type == "MatMul") == [f"/model/layers.{i}/moe/router/MatMul" for i in range(4)]
     assert len([n for n in nodes if n.op_type == "MatMulNBits"]) == 4 * 4 + 1  # q, k, v, o per layer + lm_head
     report = verify_bundle(int4_235b.bundle, max_new_tokens=2)  # static checks, then og generates in a child process
