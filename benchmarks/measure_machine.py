@@ -29,23 +29,28 @@ def bandwidth(threads: int, gib: float = 1.0, repeats: int = 7) -> dict[str, Any
     return out
 
 
+def initializer_size(init: Any) -> int:
+    """Bytes of one TensorProto initializer, stored externally, raw or in typed fields."""
+    import math
+
+    import onnx
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    if init.data_location == onnx.TensorProto.EXTERNAL:
+        return int(next(e.value for e in init.external_data if e.key == "length"))
+    if init.raw_data:
+        return len(init.raw_data)
+    return math.prod(init.dims) * tensor_dtype_to_np_dtype(init.data_type).itemsize
+
+
 def initializer_bytes(model_path: Path) -> dict[str, Any]:
     """Bytes of model.onnx initializers by kind; decode reads all but the rotary cos/sin caches."""
     import onnx
-    from onnx.helper import tensor_dtype_to_np_dtype
 
     model = onnx.load(str(model_path), load_external_data=False)
     kinds = {"matmul_nbits_layers": 0, "lm_head": 0, "norms_and_other": 0, "rotary_cache_not_read": 0}
     for init in model.graph.initializer:
-        if init.data_location == onnx.TensorProto.EXTERNAL:
-            size = int(next(e.value for e in init.external_data if e.key == "length"))
-        elif init.raw_data:
-            size = len(init.raw_data)
-        else:
-            n = 1
-            for d in init.dims:
-                n *= d
-            size = n * tensor_dtype_to_np_dtype(init.data_type).itemsize
+        size = initializer_size(init)
         name = init.name
         if any(m in name for m in ROTARY_CACHE_MARKERS):
             kinds["rotary_cache_not_read"] += size

@@ -304,19 +304,14 @@ def initializer_kind(name: str) -> str:
 
 def phase_files(run: Run) -> dict[str, Any]:
     import onnx
-    from onnx.helper import tensor_dtype_to_np_dtype
+    from measure_machine import initializer_size
 
     files = {p.name: p.stat().st_size for p in sorted(run.bundle.iterdir()) if p.is_file()}
     model = onnx.load(str(run.bundle / "model.onnx"), load_external_data=False)
     kinds = dict.fromkeys(KINDS, 0)
     names: dict[str, list[str]] = {k: [] for k in KINDS}
     for init in model.graph.initializer:
-        if init.data_location == onnx.TensorProto.EXTERNAL:
-            size = int(next(e.value for e in init.external_data if e.key == "length"))
-        elif init.raw_data:
-            size = len(init.raw_data)
-        else:
-            size = math.prod(init.dims) * tensor_dtype_to_np_dtype(init.data_type).itemsize
+        size = initializer_size(init)
         kind = initializer_kind(init.name)
         kinds[kind] += size
         if len(names[kind]) < 6:
