@@ -242,6 +242,13 @@ def test_int4_graph_and_accuracy(case_a: Built, tmp_path: Path) -> None:
     assert cosine >= 0.95
 
 
+def test_accuracy_level_governs_qmoe_too(case_a: Built, tmp_path: Path) -> None:
+    """og's accuracy_level sets the 4-bit experts' compute precision as it sets MatMulNBits' (1: fp32 activations)."""
+    build = dec.build_decoder(case_a.released, tmp_path, "int4", extra_options={"accuracy_level": 1})
+    levels = {(n.op_type, _attrs(n).get("accuracy_level")) for n in _nodes(build) if n.op_type in ("QMoE", "MatMulNBits")}
+    assert levels == {("QMoE", 1), ("MatMulNBits", 1)}
+
+
 def test_moe_quant_type_and_qmoe_block_size_reach_og(case_a: Built, tmp_path: Path) -> None:
     build = dec.build_decoder(case_a.released, tmp_path, "int4", extra_options={"moe_quant_type": "int8", "qmoe_block_size": 64})
     qmoe = [_attrs(n) for n in _nodes(build) if n.op_type == "QMoE"]

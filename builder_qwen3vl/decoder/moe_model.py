@@ -193,9 +193,9 @@ class DeepStackQwen3VLMoeTextModel(DeepStackMixin, _OgQwen3VLTextModel):  # type
         """Give the 4-bit CPU experts the compute precision og gives the MatMulNBits beside them.
 
         og 0.18 writes QMoE without ``accuracy_level``, so onnxruntime's CPU kernel keeps fp32 activations for
-        4-bit experts while og's MatMulNBits run with int8 activations (``int4_accuracy_level``, 4 on CPU).
+        4-bit experts while og's MatMulNBits run with int8 activations (og's ``accuracy_level`` option, 4 on CPU).
         Measured at the 30B-A3B shape (docs/benchmarks.md): 2.1-2.5 ms per sparse layer and token without it,
-        1.07 with 4, against a 0.72 ms bandwidth bound. The user's ``int4_accuracy_level`` still decides.
+        1.07 with 4, against a 0.72 ms bandwidth bound. The user's ``accuracy_level`` (og's extra option) still decides.
         """
         import onnx_ir as ir
 
