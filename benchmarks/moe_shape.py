@@ -82,8 +82,7 @@ def write_checkpoint(folder: Path, cfg: dict[str, Any], shard_bytes: float = 2e9
     from safetensors.torch import save_file
 
     from builder_qwen3vl.testing.checkpoints import reference_json
-    from builder_qwen3vl.testing.moe_checkpoints import _meta_state_shapes
-    from builder_qwen3vl.testing.random_init import random_tensor
+    from builder_qwen3vl.testing.moe_checkpoints import _meta_state_shapes, moe_tensor
     from builder_qwen3vl.testing.tokenizer import write_tokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -103,13 +102,7 @@ def write_checkpoint(folder: Path, cfg: dict[str, Any], shard_bytes: float = 2e9
     for file, entries in zip(files, shards):
         tensors = {}
         for name, shape in entries:
-            if name.endswith(("mlp.experts.gate_up_proj", "mlp.experts.down_proj")):
-                # as moe_tensors: one expert at a time in transformers 5's orientation, stored transposed (released)
-                experts = torch.stack([random_tensor(f"{name}.{e}", shape[1:], 0, torch.float32).to(torch.bfloat16)
-                                       for e in range(shape[0])])
-                tensors[name] = experts.transpose(1, 2).contiguous()
-            else:
-                tensors[name] = random_tensor(name, shape, 0, torch.bfloat16)
+            tensors[name] = moe_tensor(name, shape, "released", 0, torch.bfloat16)
         save_file(tensors, str(folder / file), metadata={"format": "pt"})
         weight_map.update(dict.fromkeys(tensors, file))
         log.info("wrote %s (%d tensors)", file, len(tensors))

@@ -143,17 +143,20 @@ def moe_tensors(config: dict[str, Any], expert_layout: str = "released", seed: i
     if dtype not in _DTYPES:
         raise ValueError(f"dtype '{dtype}': expected one of {', '.join(_DTYPES)}")
     torch_dtype = getattr(torch, _DTYPES[dtype])
-    tensors: dict[str, Any] = {}
-    for name, shape in _meta_state_shapes(config):
-        if name.endswith(("mlp.experts.gate_up_proj", "mlp.experts.down_proj")):
-            # random_tensor's fan_in is the product of all but the first axis: draw one expert matrix at a time.
-            experts = torch.stack([random_tensor(f"{name}.{e}", shape[1:], seed, torch.float32) for e in range(shape[0])])
-            if expert_layout == "released":
-                experts = experts.transpose(1, 2)
-            tensors[name] = experts.contiguous().to(torch_dtype)
-        else:
-            tensors[name] = random_tensor(name, shape, seed, torch_dtype)
-    return tensors
+    return {name: moe_tensor(name, shape, expert_layout, seed, torch_dtype) for name, shape in _meta_state_shapes(config)}
+
+
+def moe_tensor(name: str, shape: tuple[int, ...], expert_layout: str, seed: int, torch_dtype: Any) -> Any:
+    """One tensor of ``moe_tensors`` (the benchmarks write real-size checkpoints a shard at a time with it)."""
+    import torch
+
+    if not name.endswith(("mlp.experts.gate_up_proj", "mlp.experts.down_proj")):
+        return random_tensor(name, shape, seed, torch_dtype)
+    # random_tensor's fan_in is the product of all but the first axis: draw one expert matrix at a time
+    # (cast one at a time too: a 30B-A3B layer's experts in float32 are 2.4 GB).
+    experts = torch.stack([random_tensor(f"{name}.{e}", shape[1:], seed, torch.float32).to(torch_dtype)
+                           for e in range(shape[0])])
+    return (experts.transpose(1, 2) if expert_layout == "released" else experts).contiguous()
 
 
 def write_moe_checkpoint(
