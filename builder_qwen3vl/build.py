@@ -17,7 +17,7 @@ from .bundle.output_folder import check_free_space, check_output_folder, staged_
 from .checkpoint.reader import Checkpoint, read_checkpoint
 from .checkpoint.weights import lm_head_is_table
 from .decoder import decoder_step
-from .decoder.build import ISOLATE_DECODER_BYTES, checkpoint_bytes, spills_float_decoder
+from .decoder.build import isolates_steps, spills_float_decoder
 from .decoder.child_process import run_in_child
 from .logs import heartbeat, quiet_libraries
 from .options import BuildOptions
@@ -85,10 +85,9 @@ def write_bundle(ckpt: Checkpoint, plan: BuildPlan, options: BuildOptions, out: 
     )
     from .vision.build import vision_step
 
-    # Large checkpoints: every heavy step in a child process of its own (decoder_step decides for the decoder).
-    isolate = checkpoint_bytes(ckpt) >= ISOLATE_DECODER_BYTES
+    isolate = isolates_steps(ckpt)  # large checkpoints: each heavy step in a child process (memory handed back)
     with step("building model.onnx with the og builder"):
-        decoder = decoder_step(ckpt, plan, options, out)
+        decoder = decoder_step(ckpt, plan, options, out, isolate=isolate)
     run_step("exporting embeddings.onnx", embeddings_step, {"ckpt": ckpt, "plan": plan, "out": out}, isolate=isolate,
              verbose=options.verbose)
     run_step("exporting vision_encoder.onnx", vision_step, {"ckpt": ckpt, "plan": plan, "out": out}, isolate=isolate,

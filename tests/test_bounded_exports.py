@@ -92,7 +92,7 @@ def test_tiny_bundle_bytes_unchanged(case: str, ckpts: dict[str, Path], referenc
 
     kind, precision, vision, children = CASES[case]
     if children:  # the embeddings and vision steps in child processes, as for a checkpoint of >= 1 GiB
-        monkeypatch.setattr(sys.modules["builder_qwen3vl.build"], "ISOLATE_DECODER_BYTES", 0)
+        monkeypatch.setattr(sys.modules["builder_qwen3vl.decoder.build"], "ISOLATE_DECODER_BYTES", 0)
     else:  # every tensor of >= 1 KiB a placeholder, the table in blocks of a few rows
         monkeypatch.setattr(placeholders, "INLINE_BELOW", 1024)
         monkeypatch.setattr(table, "ROWS_PER_BLOCK_BYTES", 4096)

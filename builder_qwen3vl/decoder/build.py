@@ -137,15 +137,16 @@ def build_decoder(
     return build
 
 
-# Checkpoints at least this large build the decoder in a child process: glibc does not give freed memory
-# back to the OS, so in-process the embeddings and vision exports would stack on top of the decoder
-# step's peak (a layer and a few tensors since issue 23, the whole model before). Small checkpoints stay
-# in-process, where a child's start-up (re-importing torch and og, seconds) would dominate.
+# Checkpoints at least this large run each heavy step (decoder, embeddings, vision) in a child process:
+# glibc does not give freed memory back to the OS, so in-process each step would stack on top of the
+# previous one's peak. Small checkpoints stay in-process, where a child's start-up (re-importing torch and
+# og, seconds) would dominate.
 ISOLATE_DECODER_BYTES = 1 << 30
 
 
-def checkpoint_bytes(ckpt: Checkpoint) -> int:
-    return sum(p.stat().st_size for p in {info.file for info in ckpt.tensors.values()})
+def isolates_steps(ckpt: Checkpoint) -> bool:
+    """Whether the build of ``ckpt`` runs its heavy steps in child processes (``ISOLATE_DECODER_BYTES``)."""
+    return sum(p.stat().st_size for p in {info.file for info in ckpt.tensors.values()}) >= ISOLATE_DECODER_BYTES
 
 
 def spills_float_decoder(ckpt: Checkpoint, plan: BuildPlan) -> bool:
@@ -161,14 +162,13 @@ def spills_float_decoder(ckpt: Checkpoint, plan: BuildPlan) -> bool:
     return plan.precision == "int4" and default_method and whole_model
 
 
-def decoder_step(ckpt: Checkpoint, plan: BuildPlan, options: BuildOptions, out: Path) -> DecoderBuild:
-    """model.onnx for the bundle build, following ``plan``."""
-    large = checkpoint_bytes(ckpt) >= ISOLATE_DECODER_BYTES
+def decoder_step(ckpt: Checkpoint, plan: BuildPlan, options: BuildOptions, out: Path, *, isolate: bool) -> DecoderBuild:
+    """model.onnx for the bundle build, following ``plan``; in a child process when ``isolate``."""
     kwargs = dict(
         input_dir=ckpt.folder, output_dir=out, precision=plan.precision,
         execution_provider=plan.execution_provider, cache_dir=options.cache_dir,
         extra_options=dict(plan.og_extra_options), deepstack=plan.apply_deepstack,
     )
-    build = run_in_child(build_decoder, kwargs, verbose=options.verbose) if large else build_decoder(**kwargs)
+    build = run_in_child(build_decoder, kwargs, verbose=options.verbose) if isolate else build_decoder(**kwargs)
     plan.check_decoder(build)
     return build

@@ -209,13 +209,14 @@ def _torch_dtype(ir_dtype: Any) -> Any:
     return to_torch_dtype(ir_dtype)
 
 
-def _base_class() -> type:
+def lazy_tensor_base() -> type:
+    """onnx_ir's LazyTensor, imported when a decoder is built (the base of the initializers made on write)."""
     import onnx_ir as ir
 
     return ir.LazyTensor
 
 
-class CheckpointTensor(_base_class()):  # type: ignore[misc]
+class CheckpointTensor(lazy_tensor_base()):  # type: ignore[misc]
     """An og initializer made from a checkpoint parameter or a view of it, read again when it is written.
 
     ``geometry`` (size, stride, offset) is the view og passed of the contiguous parameter. The whole tensor
@@ -248,9 +249,9 @@ class CheckpointTensor(_base_class()):  # type: ignore[misc]
     def _whole(self) -> Any:
         return og_initializer(self._og_make_initializer, self._view(self.params.read(self.param)), self.name, self.to, False)
 
-    def blocks(self, fresh: Any | None = None) -> Iterator[Any]:
+    def blocks(self) -> Iterator[Any]:
         """The tensor as contiguous torch blocks of whole rows, in order (layout "same" / "transposed" only)."""
-        fresh = self.params.read(self.param) if fresh is None else fresh
+        fresh = self.params.read(self.param)
         view = fresh if self.layout == "same" else fresh.T
         dtype = _torch_dtype(self.to) if self.to is not None else fresh.dtype
         row_bytes = max(1, view.shape[1] * max(fresh.element_size(), dtype.itemsize))

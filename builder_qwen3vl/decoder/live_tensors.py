@@ -25,8 +25,7 @@ class LiveTensors:
 
     def track(self, name: str, tensor: Any) -> None:
         nbytes = tensor.untyped_storage().nbytes()
-        match = _LAYER.search(name)
-        layer = int(match.group(1)) if match else None
+        layer = layer_of(name)
         with self.lock:
             self.reads += 1
             self.bytes += nbytes

@@ -177,7 +177,7 @@ class DeepStackMixin:
     # --- saving: initializers written one at a time; int4 quantized as written (stream_quant.py) ---
 
     def save_model(self, out_dir):
-        nbits = self.onnx_dtype.name in stream_quant.NBITS_DTYPES and not (self.quant_type is not None and self.quant_attrs["use_qdq"])
+        nbits = stream_quant.quantizes_weights(self)
         if self.lazy is not None and nbits:
             reason = "spilling before quantizing was asked for" if self.spill_before_quantizing else stream_quant.unsupported(self)
             if reason is None:

@@ -35,7 +35,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from .lazy_weights import og_initializer
+from .lazy_weights import lazy_tensor_base, og_initializer
 from .model import DeepStackMixin, _OgQwen3VLTextModel
 from ..checkpoint.safetensors_index import read_checkpoint_tensors
 from .moe_experts import DOWN, GATE_UP, expert_key, fix_ambiguous_experts, read_expert_layouts, sparse_layers
@@ -228,13 +228,7 @@ class _LayerExperts:
         return self.made.pop(name)
 
 
-def _lazy_base() -> type:
-    import onnx_ir as ir
-
-    return ir.LazyTensor
-
-
-class ExpertTensor(_lazy_base()):  # type: ignore[misc]
+class ExpertTensor(lazy_tensor_base()):  # type: ignore[misc]
     """A MoE / QMoE expert initializer computed by og's code from the checkpoint when it is written."""
 
     def __init__(self, layer: _LayerExperts, key: str, **kwargs: Any):

@@ -43,14 +43,14 @@ def quantizes_from_files(model: Any) -> bool:
     Only that path reads each weight through onnx_ir, which follows the spilled tensors' absolute
     locations; the rtn / k_quant paths and Gather quantization use onnx.numpy_helper, which refuses them.
     """
-    nbits = {"INT4", "UINT4", "INT8", "UINT8"}
-    prequantized_qdq = model.quant_type is not None and model.quant_attrs["use_qdq"]
+    from .stream_quant import quantizes_weights
+
     constant_gathers = any(
         node.op_type == "Gather" and node.inputs[0] is not None and node.inputs[0].const_value is not None
         for node in model.model.graph
     )  # none with exclude_embeds; a table lookup would be one
     return (
-        model.onnx_dtype.name in nbits and not prequantized_qdq
+        quantizes_weights(model)
         and getattr(model, "quantization_algo", "default") == "default"
         and not ("Gather" in model.quant_attrs["op_types_to_quantize"] and constant_gathers)
     )

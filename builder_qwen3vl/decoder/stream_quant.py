@@ -28,11 +28,17 @@ import logging
 from typing import Any
 
 from . import lazy_weights
-from .lazy_weights import CheckpointTensor
+from .lazy_weights import CheckpointTensor, lazy_tensor_base
 
 log = logging.getLogger(__name__)
 
 NBITS_DTYPES = {"INT4", "UINT4", "INT8", "UINT8"}
+
+
+def quantizes_weights(model: Any) -> bool:
+    """og's builder ``model`` writes MatMulNBits through onnxruntime's weight-only quantizer at save time
+    (an int4 / int8 precision, not a checkpoint already quantized into QDQ)."""
+    return model.onnx_dtype.name in NBITS_DTYPES and not (model.quant_type is not None and model.quant_attrs["use_qdq"])
 
 
 def unsupported(model: Any) -> str | None:
@@ -84,9 +90,9 @@ def _op_types(qa: dict[str, Any]) -> set[str]:
 
 def _quantizes(node: Any, qa: dict[str, Any]) -> bool:
     """The quantizer's test: a MatMul to quantize whose weight is a graph initializer with data."""
-    if node.name in set(qa["nodes_to_exclude"]) or node.op_type not in _op_types(qa):
+    if node.op_type != "MatMul" or len(node.inputs) < 2:  # cheapest first: most nodes stop here
         return False
-    if node.op_type != "MatMul" or len(node.inputs) < 2:
+    if node.name in qa["nodes_to_exclude"] or "MatMul" not in _op_types(qa):
         return False
     weight = node.inputs[1]
     return weight is not None and weight.is_initializer() and weight.const_value is not None
@@ -165,7 +171,7 @@ class _QuantizationSource:
         self.quantizer, self.float_tensor, self.cache, self.names = quantizer, float_tensor, cache, names
 
     def _columns(self) -> Any:
-        """(start, stop, float32/float16 numpy [K, stop - start]) blocks of the weight as the quantizer reads it."""
+        """float32/float16 numpy [K, columns] blocks of the weight, in column order, as the quantizer reads it."""
         import numpy as np
 
         tensor = self.float_tensor
@@ -177,10 +183,9 @@ class _QuantizationSource:
             step = max(1, lazy_weights.BLOCK_BYTES // max(1, k * 4))
             for start in range(0, n, step):
                 stop = min(n, start + step)
-                yield start, stop, np.ascontiguousarray(TorchTensor(tensor.columns(start, stop, fresh)).numpy())
+                yield np.ascontiguousarray(TorchTensor(tensor.columns(start, stop, fresh)).numpy())
         else:
-            array = np.ascontiguousarray(tensor.numpy())
-            yield 0, array.shape[1], array
+            yield np.ascontiguousarray(tensor.numpy())
 
     def quantize(self, file: Any | None) -> dict[str, Any]:
         """Quantize the weight; write the packed bytes to ``file`` (or keep them); return the other parts."""
@@ -188,7 +193,7 @@ class _QuantizationSource:
         import numpy as np
 
         packed_parts, scales_parts, zero_parts = [], [], []
-        for _start, _stop, block in self._columns():
+        for block in self._columns():
             bf16 = block.dtype == ml_dtypes.bfloat16
             if bf16:
                 block = block.astype(np.float32)
@@ -223,13 +228,7 @@ class _QuantizationSource:
         return value
 
 
-def _lazy_base() -> type:
-    import onnx_ir as ir
-
-    return ir.LazyTensor
-
-
-class QuantizedWeight(_lazy_base()):  # type: ignore[misc]
+class QuantizedWeight(lazy_tensor_base()):  # type: ignore[misc]
     """A MatMulNBits initializer (packed weight, scales or zero points) computed when it is written."""
 
     def __init__(self, source: _QuantizationSource, part: str, **kwargs: Any):

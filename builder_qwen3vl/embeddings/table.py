@@ -36,13 +36,8 @@ class TableRows:
 
     @classmethod
     def of_checkpoint(cls, ckpt: Checkpoint, name: str) -> TableRows:
-        from safetensors import safe_open
-
-        file = ckpt.tensors[name].file
-        with safe_open(str(file), framework="pt") as f:
-            sliced = f.get_slice(name)
-            shape = tuple(int(d) for d in sliced.get_shape())
-            dtype = _SAFETENSORS_DTYPES[sliced.get_dtype()]
+        info = ckpt.tensors[name]  # the safetensors header, read once with the checkpoint
+        file, shape, dtype = info.file, tuple(info.shape), _SAFETENSORS_DTYPES[info.dtype]
         if len(shape) != 2:
             raise ValueError(f"{name}: expected a [vocab, hidden] table, got shape {list(shape)}")
         return cls((shape[0], shape[1]), dtype, file=Path(file), name=name)
