@@ -71,10 +71,13 @@ def vision_hf(settings: Settings, dtype: str) -> dict[str, Any]:
 
 
 def load_lm(settings: Settings, dtype: str, attn: str):
+    """HF's own class for the checkpoint: the dense Qwen3-VL or, for ``qwen3_vl_moe``, the MoE one."""
     torch = _torch(settings)
-    from transformers import Qwen3VLForConditionalGeneration
+    import transformers
 
-    model = Qwen3VLForConditionalGeneration.from_pretrained(
+    moe = json.loads((Path(settings.checkpoint) / "config.json").read_text()).get("model_type") == "qwen3_vl_moe"
+    model_class = transformers.Qwen3VLMoeForConditionalGeneration if moe else transformers.Qwen3VLForConditionalGeneration
+    model = model_class.from_pretrained(
         settings.checkpoint, dtype=getattr(torch, DTYPES[dtype]), attn_implementation=attn
     )
     return model.eval()
@@ -88,15 +91,16 @@ def image_processor(settings: Settings):
     return Qwen2VLImageProcessorPil(**{k: cfg[k] for k in keys if k in cfg})
 
 
-def ttft_hf(settings: Settings) -> dict[str, Any]:
-    """HF image processor + generate(max_new_tokens=1), fp32 sdpa, on og's input_ids (same grid)."""
+def ttft_hf(settings: Settings, dtype: str = "fp32", images: int | None = None) -> dict[str, Any]:
+    """HF image processor + generate(max_new_tokens=1), sdpa, on og's input_ids (same grid); the first
+    ``images`` benchmark images (all by default)."""
     torch = _torch(settings)
     from PIL import Image
 
-    model = load_lm(settings, "fp32", "sdpa")
+    model = load_lm(settings, dtype, "sdpa")
     proc = image_processor(settings)
-    results: dict[str, Any] = {"dtype": "fp32", "attn_implementation": "sdpa"}
-    for i, image in enumerate(benchmark_images(settings)):
+    results: dict[str, Any] = {"dtype": dtype, "attn_implementation": "sdpa"}
+    for i, image in enumerate(benchmark_images(settings)[:images]):
         saved = np.load(Path(settings.work) / f"ttft_inputs_{image['name']}.npz")
         input_ids = torch.from_numpy(saved["input_ids"])
         first = []

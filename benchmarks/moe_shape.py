@@ -57,7 +57,7 @@ log = logging.getLogger("benchmarks.moe_shape")
 ROOT = Path(__file__).resolve().parents[1]
 GIB = 1 << 30
 FULL_LAYERS = 48
-PHASES = ("checkpoint", "build", "files", "bandwidth", "decode", "ttft", "profile", "qmoe_acc4")
+PHASES = ("checkpoint", "build", "files", "bandwidth", "decode", "ttft", "hf", "profile", "qmoe_acc4")
 CONTEXT = 256
 DECODE_STEPS = 32
 
@@ -372,6 +372,9 @@ def _og_ttft(run: Run, repeats: int) -> dict[str, Any]:
 
     inputs = processor(prompt, images=og.Images.open(image["path"]))
     grid = inputs["image_grid_thw"].as_numpy().astype(np.int64)
+    # the prompt HF answers in the hf phase (measure_hf.ttft_hf reads it: same tokens, same grid)
+    np.savez(run.work / f"ttft_inputs_{image['name']}.npz", input_ids=inputs["input_ids"].as_numpy().astype(np.int64),
+             image_grid_thw=grid)
     return {"image": image["name"], "grid_thw": grid[0].tolist(), "prompt_tokens": int(inputs["input_ids"].as_numpy().shape[-1]),
             "question": question, "ttft": timed(once, repeats, warmup=1),
             "processor_s": timed(lambda: processor(prompt, images=og.Images.open(image["path"])), repeats, warmup=1)["median_s"]}
@@ -390,6 +393,16 @@ def phase_ttft(run: Run, repeats: int) -> dict[str, Any]:
     out["vision_s"] = timed(lambda: sess.run(OG_VISION_OUTPUTS, {"pixel_values": pixels, "image_grid_thw": grid}), repeats,
                             warmup=1)["median_s"]
     return out
+
+
+def phase_hf(run: Run, repeats: int) -> dict[str, Any]:
+    """HF's Qwen3VLMoeForConditionalGeneration on the same checkpoint, in bf16 (fp32 of the 8-layer cut does not
+    fit 24 GiB): eager decode at context 256 and the ttft phase's image question (its saved og input_ids)."""
+    from measure_hf import decode_hf, ttft_hf
+
+    s = run.settings(repeats)
+    s.slow_repeats = repeats
+    return {"decode": decode_hf(s, "bf16"), "ttft": ttft_hf(s, "bf16", images=1)}
 
 
 def profile(model_path: Path, work: Path, label: str, steps: int = 16) -> dict[str, Any]:
@@ -458,6 +471,8 @@ def child(phase: str, run: Run, args: argparse.Namespace) -> dict[str, Any]:
         return phase_decode(run)
     if phase == "ttft":
         return phase_ttft(run, args.repeats)
+    if phase == "hf":
+        return phase_hf(run, args.repeats)
     if phase == "profile":
         return phase_profile(run)
     if phase == "qmoe_acc4":
@@ -545,6 +560,10 @@ def report(work: Path, cache: Path, layer_counts: list[int]) -> str:
     row("decode step (ms)", lambda r: f"{r['decode']['step_median_s'] * 1e3:.1f}")
     row("TTFT 448x448 + 32-token question", lambda r: f"{r['ttft']['ttft']['median_s']:.2f} s")
     row("of which vision_encoder.onnx alone", lambda r: f"{r['ttft']['vision_s']:.2f} s")
+    row("HF bf16 eager decode tok/s, context 256", lambda r: f"{r['hf']['decode']['256']['tokens_per_s']:.2f}")
+    row("og / HF bf16 decode", lambda r: f"{r['decode']['tokens_per_s'] / r['hf']['decode']['256']['tokens_per_s']:.2f}x")
+    row("HF bf16 sdpa TTFT, same prompt", lambda r: f"{next(v for k, v in r['hf']['ttft'].items() if isinstance(v, dict))['median_s']:.2f} s")
+    row("og / HF bf16 TTFT", lambda r: f"{r['ttft']['ttft']['median_s'] / next(v for k, v in r['hf']['ttft'].items() if isinstance(v, dict))['median_s']:.2f}x")
     row("decode tok/s with QMoE accuracy_level=4", lambda r: f"{r['qmoe_acc4']['decode']['tokens_per_s']:.2f}")
     return "\n".join(lines)
 
@@ -585,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
             if phase == "build":
                 wait_for(lambda: available_gib() >= args.min_available_gib, f"{args.min_available_gib} GiB available")
                 wait_for(lambda: os.getloadavg()[0] < args.max_build_load, f"load average < {args.max_build_load}")
-            if phase in ("decode", "ttft", "profile", "qmoe_acc4", "bandwidth"):
+            if phase in ("decode", "ttft", "hf", "profile", "qmoe_acc4", "bandwidth"):
                 wait_for(lambda: os.getloadavg()[0] < args.max_load, f"load average < {args.max_load}")
             run_phase(phase, run, args)
     print(report(args.work, args.cache, args.layers))
