@@ -13,7 +13,15 @@ from typing import Any, TypeVar
 
 from .bundle import contract, genai_config
 from .bundle.disk_estimate import estimate_build_bytes
-from .bundle.output_folder import check_free_space, check_output_folder, staged_output
+from .bundle.output_folder import (
+    check_free_space,
+    check_output_contents,
+    check_output_path,
+    claimed_output,
+    remove_stale_staging,
+    staged_output,
+)
+from .checkpoint.paths import inside_checkpoint
 from .checkpoint.reader import Checkpoint, read_checkpoint
 from .checkpoint.weights import lm_head_is_table
 from .decoder import decoder_step
@@ -22,6 +30,7 @@ from .decoder.child_process import run_in_child
 from .logs import heartbeat, quiet_libraries
 from .options import BuildOptions
 from .plan import BuildPlan, make_plan
+from .process_state import preserved_process_state
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -57,8 +66,12 @@ def build(options: BuildOptions) -> Path:
     """Build the bundle described by ``options``; return the output folder.
 
     Other libraries' logs and warnings are shown only with ``options.verbose`` (``logs.quiet_libraries``).
+    The calling process is left as it was found: environment, ``sys.path``, logging and warnings
+    configuration, umask, working folder, threads (``process_state.preserved_process_state``).
+    One build writes a given ``-o`` at a time; a second one fails with ``InputError`` (exit 2) naming the
+    first one's pid instead of waiting (``bundle.output_folder.claimed_output``).
     """
-    with quiet_libraries(options.verbose):
+    with preserved_process_state():
         return _build(options)
 
 
@@ -71,10 +84,14 @@ def _build(options: BuildOptions) -> Path:
                     "the embedding table; like HF transformers, the bundle uses the stored lm_head", ckpt.folder)
     plan = make_plan(ckpt.config, options, lm_head_is_table=tied)  # e.g. a bad max_length fails here, before any work
     log.info("build plan: %s", plan)
-    check_output_folder(options.input, options.output, options.overwrite)
-    check_free_space(options.output, *estimate_build_bytes(ckpt, plan, spills_float_decoder=spills_float_decoder(ckpt, plan)))
-    with staged_output(options.output) as staging:
-        write_bundle(ckpt, plan, options, staging)
+    check_output_path(options.input, options.output)
+    with claimed_output(options.output):  # no other build changes -o from here until the bundle is in place
+        check_output_contents(options.output, options.overwrite)
+        if options.overwrite:
+            remove_stale_staging(options.output.resolve())  # before the free-space check: it may hold GBs
+        check_free_space(options.output, *estimate_build_bytes(ckpt, plan, spills_float_decoder=spills_float_decoder(ckpt, plan)))
+        with staged_output(options.output) as staging, quiet_libraries(options.verbose):
+            write_bundle(ckpt, plan, options, staging)
     log.info("bundle written to %s; try: python examples/chat.py -m %s --image IMAGE", options.output, options.output)
     return options.output
 
@@ -101,4 +118,5 @@ def write_configs(ckpt: Checkpoint, plan: BuildPlan, out: Path, og_genai: dict |
     genai_config.write_json(out / contract.PROCESSOR_CONFIG_FILENAME, genai_config.make_processor_config(ckpt.config))
     genai_config.write_json(out / contract.VIDEO_CONFIG_FILENAME, genai_config.make_video_config(ckpt.video))
     for path in ckpt.tokenizer_files:
-        shutil.copy2(path, out / path.name)
+        # the file itself, from where its links lead, which must still be inside the checkpoint folder
+        shutil.copy2(inside_checkpoint(ckpt.folder, path), out / path.name)

@@ -3,8 +3,12 @@
     python -m builder_qwen3vl -i CKPT -o OUT [-p int4] [--verify]     build a bundle
     python -m builder_qwen3vl verify OUT [--static-only]             check a bundle
 
-Exit codes: 0 success; 2 bad input or usage (the message names the file or option); 1 a failure
-while building or verifying (including a full disk); 130 Ctrl-C; 143 SIGTERM (docs/errors.md).
+Exit codes: 0 success; 2 bad input or usage (the message names the file or option), or an ``-o``
+another build is writing (the message names its pid); 1 a failure while building or verifying
+(including a full disk); 130 Ctrl-C; 143 SIGTERM (docs/errors.md).
+
+``main`` is the application: it configures logging for its process (``logs.configure_logging``);
+``build`` and ``verify_bundle`` leave the process as they found it, for callers from Python.
 """
 
 from __future__ import annotations

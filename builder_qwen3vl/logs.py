@@ -1,14 +1,17 @@
-"""Console logging for the command line: our steps at INFO, third-party chatter only with -v.
+"""Logging: the command line's console (our steps at INFO, third-party chatter only with -v), the quieting of
+the libraries a build drives, progress lines and heartbeats.
 
-torch installs its own handlers on the ``torch`` loggers (they do not propagate), so quieting
-them takes torch's own switch (``TORCH_LOGS`` before import, ``set_logs`` after); Python
-``warnings`` raised inside torch/transformers/onnx (FutureWarning, DeprecationWarning) are
-dropped at default verbosity and routed to the log with -v.
+torch installs its own handlers on the ``torch`` loggers (they do not propagate), so the command line quiets
+them with torch's own switch (``TORCH_LOGS`` before import, the logger's level after); Python ``warnings``
+raised inside torch/transformers/onnx (FutureWarning, DeprecationWarning) are dropped at default verbosity
+and routed to the log with -v. ``build()`` called from Python quiets the libraries only while it runs
+(``quiet_libraries``), and leaves the caller's logging as it found it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import sys
@@ -23,19 +26,22 @@ _HANDLER_MARK = "_builder_qwen3vl_handler"
 HEARTBEAT_SECONDS = 10.0
 
 log = logging.getLogger(PACKAGE_LOGGER)
+# The root logger's level before a verbose configure_logging set DEBUG (None: no verbose setup in place).
+_root_level_before_verbose: int | None = None
 
 
 def configure_logging(verbose: bool) -> None:
     """Route our messages to stderr; show other libraries' logs and warnings only when ``verbose``.
 
-    Safe to call more than once (tests call the CLI's ``main`` repeatedly): it replaces the
-    handlers it installed before.
+    This configures the process (it is what the command line, the app, does); a library caller configures
+    logging itself. Safe to call more than once (tests call the CLI's ``main`` repeatedly): it first undoes
+    what an earlier call set up (its handlers, and a verbose call's root level and warning capture).
     """
+    _undo_configure_logging()
     root = logging.getLogger()
-    for logger in (log, root):
-        for handler in [h for h in logger.handlers if getattr(h, _HANDLER_MARK, False)]:
-            logger.removeHandler(handler)
     if verbose:
+        global _root_level_before_verbose
+        _root_level_before_verbose = root.level
         _add_handler(root, logging.DEBUG, "%(asctime)s %(levelname)s %(name)s: %(message)s")
         root.setLevel(logging.DEBUG)
         log.setLevel(logging.DEBUG)
@@ -50,6 +56,18 @@ def configure_logging(verbose: bool) -> None:
     warnings.filterwarnings("ignore")
     _quiet_torch()
     _quiet_transformers()
+
+
+def _undo_configure_logging() -> None:
+    global _root_level_before_verbose
+    root = logging.getLogger()
+    for logger in (log, root):
+        for handler in [h for h in logger.handlers if getattr(h, _HANDLER_MARK, False)]:
+            logger.removeHandler(handler)
+    if _root_level_before_verbose is not None:
+        root.setLevel(_root_level_before_verbose)
+        logging.captureWarnings(False)
+        _root_level_before_verbose = None
 
 
 def _add_handler(logger: logging.Logger, level: int, fmt: str) -> logging.Handler:
@@ -81,7 +99,12 @@ def _quiet_torch() -> None:
 
 # Loggers of the libraries a build drives; their INFO lines (onnxruntime's quantizer reports every tensor)
 # would bury our step lines.
-LIBRARY_LOGGERS = ("onnxruntime", "onnxscript", "onnx_ir", "onnx", "torch", "transformers", "onnxruntime_genai")
+LIBRARY_LOGGERS = ("onnxruntime", "onnxscript", "onnx_ir", "onnx", "torch", "transformers", "huggingface_hub",
+                   "onnxruntime_genai")
+# Libraries that set their loggers' levels when first imported (torch from TORCH_LOGS, transformers from
+# TRANSFORMERS_VERBOSITY): imported before the levels are raised, so their import neither undoes the
+# quieting nor is undone by its end.
+SELF_CONFIGURING_LIBRARIES = ("torch", "transformers")
 
 
 class _DropRootChatter(logging.Filter):
@@ -93,35 +116,48 @@ class _DropRootChatter(logging.Filter):
 
 @contextlib.contextmanager
 def quiet_libraries(verbose: bool) -> Iterator[None]:
-    """During a build, other libraries log errors only and their Python warnings are dropped, unless ``verbose``.
+    """During the block, other libraries log errors only and their Python warnings are dropped, unless ``verbose``.
 
-    A logger the application set below WARNING is left alone: that is its way of asking for those lines.
-    torch and transformers set their loggers' levels when first imported, so their environment switches are
-    set too (if the application has not set them).
+    Every change is undone when the block ends: the library loggers' levels (a level someone else set during
+    the block is kept), the root logger's filter and the warning filters. A logger the application set below
+    WARNING is left alone: that is its way of asking for those lines.
     """
     if verbose:
         yield
         return
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    torch_configures_itself = "torch" not in sys.modules
-    if torch_configures_itself:  # torch sets its loggers' levels from TORCH_LOGS when first imported
-        os.environ.setdefault("TORCH_LOGS", "-all")
-    saved = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _import_self_configuring_libraries()
+        raised = _raise_library_levels()
+        root_filter = _DropRootChatter()
+        logging.getLogger().addFilter(root_filter)
+        try:
+            yield
+        finally:
+            logging.getLogger().removeFilter(root_filter)
+            _lower_library_levels(raised)
+
+
+def _import_self_configuring_libraries() -> None:
+    for name in SELF_CONFIGURING_LIBRARIES:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+
+
+def _raise_library_levels() -> dict[logging.Logger, int]:
+    """Set each library logger the application left at WARNING or above (or unset) to ERROR; return the old levels."""
+    raised = {}
     for name in LIBRARY_LOGGERS:
         logger = logging.getLogger(name)
         if logger.level == logging.NOTSET or logger.level >= logging.WARNING:
-            if not (name == "torch" and torch_configures_itself):  # its atexit lines must stay quiet too
-                saved[logger] = logger.level
+            raised[logger] = logger.level
             logger.setLevel(logging.ERROR)
-    root_filter = _DropRootChatter()
-    logging.getLogger().addFilter(root_filter)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.getLogger().removeFilter(root_filter)
-        for logger, level in saved.items():
+    return raised
+
+
+def _lower_library_levels(raised: dict[logging.Logger, int]) -> None:
+    for logger, level in raised.items():
+        if logger.level == logging.ERROR:  # else a library import during the block configured it: keep that
             logger.setLevel(level)
 
 

@@ -8,8 +8,10 @@ Images are read with builder_qwen3vl.runtime.image_io (PIL: PNG, JPEG, BMP, WebP
 to og as PNG bytes: og's own decoder ends the process on formats it does not know (docs/bundle.md). They are
 pre-resized the way HF's processor does (builder_qwen3vl.runtime.resize) so og's grid matches HF's exactly; pass
 --no-exact-grid to let og resize them itself. A video travels through og's image path as one image per frame
-pair (builder_qwen3vl.runtime.video, docs/video.md); it comes first in the prompt. Every bad input is one line on
-stderr (`error: ...`) and exit 2 (docs/errors.md).
+pair (builder_qwen3vl.runtime.video, docs/video.md); it comes first in the prompt. Special tokens typed in the
+prompt (`<|image_pad|>`, `<|im_end|>`, ...) stay text (builder_qwen3vl.runtime.tokens.plain_text): only --image and
+--video place images. Every bad input, and a bundle naming files outside its folder, is one line on stderr
+(`error: ...`) and exit 2 (docs/errors.md).
 """
 
 from __future__ import annotations
@@ -17,16 +19,18 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import onnxruntime_genai as og
 from PIL import Image
 
+from builder_qwen3vl.bundle.paths import BundlePathError
 from builder_qwen3vl.errors import InputError
 from builder_qwen3vl.runtime.image_io import ImageReadError, og_images, read_image
 from builder_qwen3vl.runtime.og_run import chat_prompt, greedy, load_model, resize_settings
 from builder_qwen3vl.runtime.resize import resize_for_og, smart_resize
+from builder_qwen3vl.runtime.tokens import SPECIAL_TOKENS, special_tokens
 
 BUNDLE_FILES = ("genai_config.json", "processor_config.json")
 
@@ -43,6 +47,8 @@ def read_images(paths: Sequence[str], bundle: str, exact_grid: bool = True) -> l
     """Read every image (8-bit RGB; one line naming a bad file) and, with ``exact_grid``, resize it HF's way."""
     try:
         settings = resize_settings(bundle)
+    except BundlePathError:
+        raise
     except (KeyError, StopIteration, TypeError, ValueError) as e:  # a hand-edited or foreign processor_config.json
         raise InputError(f"-m {bundle}: processor_config.json has no usable Resize step ({type(e).__name__}: {e}); "
                          "expected the one builder_qwen3vl writes") from None
@@ -68,15 +74,16 @@ def exact_grid_copies(paths: list[str], folder: Path, bundle: str) -> list[str]:
 
 
 def generate(model: og.Model, images: Sequence[str | Image.Image], prompt: str, max_new_tokens: int = 64,
-             system_prompt: str | None = None) -> Iterator[str]:
+             system_prompt: str | None = None, special: Iterable[str] = SPECIAL_TOKENS) -> Iterator[str]:
     """Stream the answer's text pieces, greedy, through og's own processor and generator.
 
     ``images``: paths (read with builder_qwen3vl.runtime.image_io) or PIL images; og sees only PNG bytes we wrote.
+    ``special``: the bundle's special tokens (``special_tokens(bundle)``), kept as text in ``prompt``.
     A prompt longer than the bundle's search.max_length raises ValueError before the first token.
     """
     tokenizer = og.Tokenizer(model)
     stream = tokenizer.create_stream()
-    text = chat_prompt(tokenizer, prompt, len(images), system_prompt)
+    text = chat_prompt(tokenizer, prompt, len(images), system_prompt, special_tokens=special)
     inputs = model.create_multimodal_processor()(text, images=og_images(og, images) if images else None)
     for token, _ in greedy(model, inputs, max_new_tokens):
         yield stream.decode(token)
@@ -86,8 +93,7 @@ def generate_video(model: og.Model, video: str, fps: float | None, images: list[
                    max_new_tokens: int = 64, bundle: str = "") -> Iterator[str]:
     """Stream the answer about a video (then any images): frames sampled and prompt written as HF's processor
     does, with the checkpoint's video settings the bundle carries (video_preprocessor_config.json)."""
-    from builder_qwen3vl.runtime.tokens import IMAGE_TAG
-    from builder_qwen3vl.runtime.video import (VIDEO_TAG, ImageSettings, VideoSettings, expand_prompt, og_inputs, preprocess_image,
+    from builder_qwen3vl.runtime.video import (ImageSettings, VideoSettings, expand_prompt, og_inputs, preprocess_image,
                                        preprocess_video, read_frames)
 
     frames, source_fps = read_frames(video, fps)
@@ -96,7 +102,8 @@ def generate_video(model: og.Model, video: str, fps: float | None, images: list[
     visuals += [preprocess_image(read_image(path), image_settings) for path in images]
     tokenizer = og.Tokenizer(model)
     stream = tokenizer.create_stream()
-    text = expand_prompt(chat_prompt(tokenizer, VIDEO_TAG + IMAGE_TAG * len(images) + prompt), visuals)
+    text = chat_prompt(tokenizer, prompt, len(images), num_videos=1, special_tokens=special_tokens(bundle))
+    text = expand_prompt(text, visuals)
     for token, _ in greedy(model, og_inputs(og, tokenizer, text, visuals), max_new_tokens):
         yield stream.decode(token)
 
@@ -134,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     if args.video:
         pieces = generate_video(model, args.video, args.fps, args.image, args.prompt, args.max_new_tokens, args.model)
     else:
-        pieces = generate(model, images, args.prompt, args.max_new_tokens)
+        pieces = generate(model, images, args.prompt, args.max_new_tokens, special=special_tokens(args.model))
     for piece in pieces:  # a prompt over search.max_length raises before the first piece
         print(piece, end="", flush=True)
     print()
@@ -157,8 +164,10 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     except (InputError, ValueError) as e:
         # Bad input (images, frames, options, bundle folder, a prompt too long): one line, exit 2. ValueError
-        # covers what builder_qwen3vl.runtime.video and og_run.greedy raise for the input they are given.
-        print("error: " + " ".join(str(e).splitlines()), file=sys.stderr)  # one line, whatever the message holds
+        # covers what builder_qwen3vl.runtime.video and og_run.greedy raise for the input they are given, and
+        # BundlePathError (a bundle naming a file outside its folder) what the bundle readers raise.
+        message = f"-m {args.model}: {e}" if isinstance(e, BundlePathError) else str(e)
+        print("error: " + " ".join(message.splitlines()), file=sys.stderr)  # one line, whatever the message holds
         return 2
 
 

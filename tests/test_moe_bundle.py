@@ -54,7 +54,6 @@ from builder_qwen3vl.runtime.og_run import greedy, load_model
 from builder_qwen3vl.runtime.tokens import IMAGE_TOKEN_ID
 from builder_qwen3vl.runtime.video import (
     VIDEO_PAD,
-    VIDEO_TAG,
     VideoSettings,
     expand_prompt,
     og_inputs,
@@ -185,7 +184,7 @@ def test_fp32_video_matches_hf(variant: SimpleNamespace) -> None:
                   pixel_values_videos=torch.from_numpy(video.pixel_values), video_grid_thw=torch.tensor([video.grid_thw]))
     import onnxruntime_genai as og
 
-    og_text = expand_prompt(og_chat_prompt(og.Tokenizer(variant.og), VIDEO_TAG + "What happens in the video?"), [video])
+    og_text = expand_prompt(og_chat_prompt(og.Tokenizer(variant.og), "What happens in the video?", num_videos=1), [video])
     inputs = og_inputs(og, og.Tokenizer(variant.og), og_text, [video])
     np.testing.assert_array_equal(inputs["input_ids"].as_numpy()[0], np.where(ids[0] == VIDEO_TOKEN_ID, IMAGE_TOKEN_ID, ids[0]))
     steps = list(greedy(variant.og, inputs, NEW_TOKENS, keep_logits=True))

@@ -29,7 +29,7 @@ from builder_qwen3vl.runtime.og_run import chat_prompt, greedy, load_model
 from builder_qwen3vl.options import BuildOptions
 from builder_qwen3vl.testing.checkpoints import tiny_config, write_checkpoint
 from builder_qwen3vl.runtime.tokens import IMAGE_TOKEN_ID
-from builder_qwen3vl.runtime.video import (VIDEO_PAD, VIDEO_TAG, ImageSettings, VideoSettings, expand_prompt, og_inputs,
+from builder_qwen3vl.runtime.video import (VIDEO_PAD, ImageSettings, VideoSettings, expand_prompt, og_inputs,
                                   preprocess_image, preprocess_video, sample_indices)
 from compare import load_hf_model
 from e2e_helpers import load_hf_tokenizer
@@ -128,7 +128,7 @@ def _check_video(setup: SimpleNamespace, case: str, frames: list[Image.Image], f
     ids = setup.tokenizer(hf_text, add_special_tokens=False, return_tensors="pt").input_ids
     assert int((ids == VIDEO_TOKEN_ID).sum()) == video.grid_thw[0] * video.grid_thw[1] * video.grid_thw[2] // settings.merge_size**2
     hf_tokens = _hf_tokens(setup, ids, video=video)
-    og_text = expand_prompt(chat_prompt(og.Tokenizer(setup.model), VIDEO_TAG + QUESTION), [video])
+    og_text = expand_prompt(chat_prompt(og.Tokenizer(setup.model), QUESTION, num_videos=1), [video])
     og_tokens = _og_tokens(setup, og_text, [video], ids)
     print(f"{case}: grid {video.grid_thw}, timestamps {video.timestamps}, {ids.shape[1]} prompt tokens; og {og_tokens} / HF {hf_tokens}")
     assert og_tokens == hf_tokens
@@ -167,7 +167,7 @@ def test_video_then_image_matches_hf(setup: SimpleNamespace) -> None:
     hf_text = hf_text.replace("<|image_pad|>", "<|image_pad|>" * image.tokens_per_frame)
     ids = setup.tokenizer(hf_text, add_special_tokens=False, return_tensors="pt").input_ids
     hf_tokens = _hf_tokens(setup, ids, video=video, image=image)
-    og_text = expand_prompt(chat_prompt(og.Tokenizer(setup.model), VIDEO_TAG + "<|vision_start|><|image_pad|><|vision_end|>" + QUESTION),
+    og_text = expand_prompt(chat_prompt(og.Tokenizer(setup.model), QUESTION, 1, num_videos=1),
                             [video, image])
     og_tokens = _og_tokens(setup, og_text, [video, image], ids)
     print(f"video {video.grid_thw} + image {image.grid_thw}: og {og_tokens} / HF {hf_tokens}")

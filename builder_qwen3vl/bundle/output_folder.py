@@ -7,14 +7,21 @@ removes the staging folder and leaves an earlier bundle at ``-o`` as it was.
 
 ``--overwrite`` replaces an earlier bundle and nothing else: it refuses folders that hold the input, the
 working folder or the home folder, and folders holding files a bundle does not have.
+
+One build writes a given ``-o`` at a time: a build holds an exclusive ``flock`` on the ``-o`` folder itself
+(no lock file to leave behind) from before it reads what ``-o`` holds until its bundle is in place. The
+kernel drops the lock when the process ends, however it ends, so a staging folder in an ``-o`` nobody holds
+was left by a killed build; one that another build holds is never touched.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import logging
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -27,19 +34,26 @@ from .permissions import apply_umask
 
 log = logging.getLogger(__name__)
 
+# A staging folder's name carries the pid of the build that made it: ".builder_qwen3vl-staging-<pid>-<random>".
 STAGING_PREFIX = ".builder_qwen3vl-staging-"
+_STAGING_PID = re.compile(re.escape(STAGING_PREFIX) + r"(\d+)-")
 _SHOWN_FOREIGN = 3  # how many foreign names an error lists
+_LOCK_ATTEMPTS = 5  # -o removed and made again by other builds between our open and our lock, at most this often
+
+
+def is_staging_folder(path: Path) -> bool:
+    return path.name.startswith(STAGING_PREFIX) and path.is_dir() and not path.is_symlink()
 
 
 def is_bundle_entry(path: Path) -> bool:
     """A file a bundle has (any version's), or a staging folder an interrupted build left behind."""
     if path.name.startswith(STAGING_PREFIX):
-        return path.is_dir() and not path.is_symlink()
+        return is_staging_folder(path)
     return path.name in contract.BUNDLE_FILE_NAMES and (path.is_symlink() or path.is_file())
 
 
-def check_output_folder(input_dir: Path, output_dir: Path, overwrite: bool) -> None:
-    """Refuse, touching nothing, every ``-o`` whose replacement could destroy the user's files."""
+def check_output_path(input_dir: Path, output_dir: Path) -> None:
+    """Refuse, touching nothing, an ``-o`` that is or holds the input, is a file, or cannot be written."""
     inp, out = input_dir.resolve(), output_dir.resolve()
     if out == inp or inp in out.parents:
         raise InputError(f"-o {output_dir}: must not be the input folder or inside it ({input_dir})")
@@ -47,13 +61,33 @@ def check_output_folder(input_dir: Path, output_dir: Path, overwrite: bool) -> N
         raise InputError(f"-o {output_dir}: contains the input folder {input_dir}; expected a bundle folder outside it")
     if out.exists() and not out.is_dir():
         raise InputError(f"-o {output_dir}: exists and is a file; expected a folder path")
-    if out.is_dir():
-        entries = sorted(out.iterdir())
-        if entries and not overwrite:
-            raise InputError(f"-o {output_dir}: folder is not empty; pass --overwrite to replace the bundle in it")
-        if entries:
-            _check_replaceable(output_dir, out, entries)
     _check_writable(output_dir, out)
+
+
+def check_output_contents(output_dir: Path, overwrite: bool) -> None:
+    """Refuse, touching nothing, an ``-o`` whose replacement could destroy the user's files.
+
+    Run while holding ``claimed_output``: then every staging folder in ``-o`` is a killed build's.
+    """
+    out = output_dir.resolve()
+    entries = sorted(out.iterdir()) if out.is_dir() else []
+    if entries and not overwrite:
+        raise InputError(_not_empty_message(output_dir, entries))
+    if entries:
+        _check_replaceable(output_dir, out, entries)
+
+
+def _not_empty_message(output_dir: Path, entries: list[Path]) -> str:
+    stale = [p.name for p in entries if is_staging_folder(p)]
+    if not stale:
+        return f"-o {output_dir}: folder is not empty; pass --overwrite to replace the bundle in it"
+    names = ", ".join(stale)
+    left = "left by an interrupted build" if len(stale) == 1 else "left by interrupted builds"
+    if len(stale) == len(entries):
+        them = "it" if len(stale) == 1 else "them"
+        return f"-o {output_dir}: holds {names}, {left}; pass --overwrite to remove {them} and build"
+    return (f"-o {output_dir}: folder is not empty (it also holds {names}, {left}); "
+            "pass --overwrite to replace the bundle in it")
 
 
 def _check_replaceable(output_dir: Path, out: Path, entries: list[Path]) -> None:
@@ -115,22 +149,127 @@ def _sigterm_as_exception() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def staged_output(output_dir: Path) -> Iterator[Path]:
-    """Yield a staging folder inside ``output_dir``; move its files into ``output_dir`` only if the block succeeds.
+def claimed_output(output_dir: Path) -> Iterator[None]:
+    """Hold ``output_dir`` for one build: make it if missing and lock it against other builds until the block ends.
 
-    On any failure, Ctrl-C or SIGTERM the staging folder is removed (and ``output_dir`` with the parents
-    this call created, if they are still empty). A full disk (or any other OS error while writing into the
-    bundle) becomes a one-line ``BuildError`` (exit 1).
+    A second build into a held folder does not wait: it fails at once with an ``InputError`` (exit 2) that
+    names the holder's pid. Builds run for minutes to hours, and two builds writing one bundle folder in
+    turn, the second replacing the first, is rarely what was meant.
+
+    If the block fails (an error, Ctrl-C, SIGTERM), the folders this call made are removed again if empty.
     """
     out = output_dir.resolve()
     created = _first_missing(out)
+    done = False
+    with _sigterm_as_exception():
+        try:
+            fd = _lock(output_dir, out)
+            try:
+                yield
+                done = True
+            finally:
+                if not done and created is not None:
+                    _remove_empty_folders(out, stop=created.parent)  # still locked: no other build is in it
+                os.close(fd)  # releases the lock
+        except _Terminated:
+            log.error("terminated: stopped before writing the bundle")
+            raise SystemExit(143) from None
+
+
+def _lock(output_dir: Path, out: Path) -> int:
+    """An open descriptor of ``out`` holding its exclusive flock (``out`` made first if missing)."""
+    for _ in range(_LOCK_ATTEMPTS):
+        _make_folder(output_dir, out)
+        try:
+            fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:  # removed by a failing build right after we made it: make it again
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = _lock_holder(fd, out)
+            os.close(fd)
+            raise InputError(_busy_message(output_dir, pid)) from None
+        except OSError as e:  # a file system without flock on folders (some network mounts)
+            log.warning("-o %s: cannot lock the folder (%s); a second build into it at the same time would not be "
+                        "noticed", output_dir, e.strerror or e)
+            return fd
+        if _is_folder_at(fd, out):
+            return fd
+        os.close(fd)  # we locked a folder a failing build removed meanwhile: lock the one there now
+    raise InputError(f"-o {output_dir}: other builds keep removing and making this folder; pick another -o")
+
+
+def _make_folder(output_dir: Path, out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"-o {output_dir}: cannot create a folder in {out} ({e.strerror or e})") from e
+
+
+def _is_folder_at(fd: int, path: Path) -> bool:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino)
+
+
+def _busy_message(output_dir: Path, pid: int | None) -> str:
+    who = f"another build (pid {pid})" if pid else "another build"
+    return f"-o {output_dir}: {who} is writing this folder; wait for it or pick another -o"
+
+
+def _lock_holder(fd: int, out: Path) -> int | None:
+    """The pid holding the flock on ``fd``'s folder: from /proc/locks (Linux), else from its staging folder's name."""
+    return _flock_owner(fd) or _staging_owner(out)
+
+
+def _flock_owner(fd: int) -> int | None:
+    st = os.fstat(fd)
+    key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()  # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:2195572 0 EOF"; a waiter has "->" second
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == key and fields[4].isdigit():
+            return int(fields[4]) or None  # 0: a process outside our pid namespace
+    return None
+
+
+def _staging_owner(out: Path) -> int | None:
+    with contextlib.suppress(OSError):
+        for path in out.iterdir():
+            if m := _STAGING_PID.match(path.name):
+                return int(m.group(1))
+    return None
+
+
+def remove_stale_staging(out: Path) -> None:
+    """Remove the staging folders killed builds left in ``out``; only while holding ``claimed_output``."""
+    for path in sorted(out.iterdir()):
+        if is_staging_folder(path):
+            log.info("removing %s, left by an interrupted build", path)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_output(output_dir: Path) -> Iterator[Path]:
+    """Yield a staging folder inside ``output_dir``; move its files into ``output_dir`` only if the block succeeds.
+
+    Run inside ``claimed_output``, which makes ``output_dir`` and removes it again if the build fails. On any
+    failure, Ctrl-C or SIGTERM the staging folder is removed. A full disk (or any other OS error while writing
+    into the bundle) becomes a one-line ``BuildError`` (exit 1).
+    """
+    out = output_dir.resolve()
     with _sigterm_as_exception():
         staging = _make_staging(output_dir, out)
-        done = False
         try:
             yield staging
             _install(staging, out)
-            done = True
         except _Terminated:
             log.error("terminated: removed the partial bundle %s", staging)
             raise SystemExit(143) from None
@@ -142,8 +281,6 @@ def staged_output(output_dir: Path) -> Iterator[Path]:
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
-            if not done and created is not None:
-                _remove_empty_folders(out, stop=created.parent)
 
 
 def _first_missing(folder: Path) -> Path | None:
@@ -166,7 +303,7 @@ def _remove_empty_folders(folder: Path, stop: Path) -> None:
 def _make_staging(output_dir: Path, out: Path) -> Path:
     try:
         out.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
+        return Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=out))
     except OSError as e:
         raise InputError(f"-o {output_dir}: cannot create a folder in {out} ({e.strerror or e})") from e
 
@@ -193,18 +330,15 @@ def _write_error(e: OSError, staging: Path, output_dir: Path) -> BuildError | No
 def _install(staging: Path, out: Path) -> None:
     """Move the staged files over the old ones (each an atomic rename), then drop old files the new bundle lacks.
 
-    An earlier bundle stays readable until each of its files is replaced; only bundle files are removed.
+    An earlier bundle stays readable until each of its files is replaced; only bundle files are removed (and
+    staging folders: this build holds ``claimed_output``, so any other one was left by a killed build).
     """
     apply_umask(staging)
     new = {p.name for p in staging.iterdir()}
     for name in sorted(new):
         os.replace(staging / name, out / name)
     staging.rmdir()
+    remove_stale_staging(out)
     for path in sorted(out.iterdir()):
-        if path.name in new or not is_bundle_entry(path):
-            continue
-        if path.name.startswith(STAGING_PREFIX):  # left by a build that was killed (SIGKILL, power loss)
-            log.info("removing %s, left by an interrupted build", path)
-            shutil.rmtree(path, ignore_errors=True)
-        else:
+        if path.name not in new and is_bundle_entry(path):
             path.unlink()

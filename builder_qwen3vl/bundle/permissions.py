@@ -11,7 +11,18 @@ from pathlib import Path
 
 
 def current_umask() -> int:
-    mask = os.umask(0)  # the only portable way to read it: set and restore at once
+    """The process umask, read without changing it where the system allows (Linux: /proc/self/status).
+
+    Elsewhere it is set and restored at once, the only portable way to read it; for that instant another
+    thread creating a file would get umask 0.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0)
     os.umask(mask)
     return mask
 

@@ -10,12 +10,17 @@ read by moe_config.py). Shape invariants are checked here so a bad checkpoint fa
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
 from ..runtime import tokens
 from ..runtime.video_settings import ImageSettings
+from .json_files import show
+from .limits import (MAX_FACTOR, MAX_LAYERS, MAX_PATCH, MAX_PIXELS, MAX_POSITIONS, MAX_TOKEN_ID, MAX_VOCAB,
+                     MAX_WIDTH)
 from .moe_config import QWEN3_VL_MOE_ARCHITECTURE, QWEN3_VL_MOE_MODEL_TYPE, moe_fields
 
 QWEN3_VL_ARCHITECTURE = "Qwen3VLForConditionalGeneration"
@@ -23,12 +28,82 @@ QWEN3_VL_MODEL_TYPE = "qwen3_vl"
 # architecture -> top-level model_type of the two accepted families
 ARCHITECTURES = {QWEN3_VL_ARCHITECTURE: QWEN3_VL_MODEL_TYPE, QWEN3_VL_MOE_ARCHITECTURE: QWEN3_VL_MOE_MODEL_TYPE}
 VISION_MODEL_TYPES = ("qwen3_vl", "qwen3_vl_vision", "qwen3_vl_moe", "qwen3_vl_moe_vision")
+_REQUIRED = object()
 
 
-def _require(d: dict[str, Any], key: str, where: str) -> Any:
+def _value(d: dict[str, Any], key: str, where: str, default: Any, none_is_default: bool) -> Any:
     if key not in d:
-        raise InputError(f"{where}: missing required field '{key}'")
-    return d[key]
+        if default is _REQUIRED:
+            raise InputError(f"{where}: missing required field '{key}'")
+        return default
+    return default if d[key] is None and none_is_default else d[key]
+
+
+def _label(section: str, key: str) -> str:
+    return f"{section} {key}" if section else key
+
+
+def integer(d: dict[str, Any], key: str, where: str, section: str = "", *, lo: int = 1, hi: int = MAX_WIDTH,
+            default: Any = _REQUIRED, none_is_default: bool = False) -> int:
+    """``d[key]``, an integer in lo..hi (not a bool, float or string); InputError naming ``where`` and the key."""
+    value = _value(d, key, where, default, none_is_default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError(f"{where}: {_label(section, key)} is {show(value)}, expected an integer")
+    if not lo <= value <= hi:
+        raise InputError(f"{where}: {_label(section, key)} is {show(value)}, expected {lo}..{hi}")
+    return value
+
+
+def number(d: dict[str, Any], key: str, where: str, section: str = "", *, positive: bool = False,
+           default: Any = _REQUIRED, none_is_default: bool = False) -> float:
+    """``d[key]``, a finite number (>= 0, or > 0 when ``positive``); InputError naming ``where`` and the key."""
+    value = _value(d, key, where, default, none_is_default)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    try:
+        ok = ok and math.isfinite(value) and (value > 0 if positive else value >= 0)
+    except OverflowError:  # an int too large for a float
+        ok = False
+    if not ok:
+        raise InputError(f"{where}: {_label(section, key)} is {show(value)}, expected a finite number "
+                         f"{'> 0' if positive else '>= 0'}")
+    return float(value)
+
+
+def boolean(d: dict[str, Any], key: str, where: str, section: str = "", *, default: Any = _REQUIRED) -> bool:
+    value = _value(d, key, where, default, False)
+    if not isinstance(value, bool):
+        raise InputError(f"{where}: {_label(section, key)} is {show(value)}, expected true or false")
+    return value
+
+
+def string(d: dict[str, Any], key: str, where: str, section: str = "", *, default: Any = _REQUIRED) -> str:
+    value = _value(d, key, where, default, False)
+    if not isinstance(value, str):
+        raise InputError(f"{where}: {_label(section, key)} is {show(value)}, expected a string")
+    return value
+
+
+def section(d: dict[str, Any], key: str, where: str, parent: str = "") -> dict[str, Any]:
+    """``d[key]`` as an object ({} when absent or null)."""
+    value = d.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InputError(f"{where}: {_label(parent, key)} is {show(value)}, expected an object")
+    return value
+
+
+def int_list(value: Any, label: str, where: str, *, lo: int, hi: int, max_len: int) -> tuple[int, ...]:
+    """A JSON list of at most ``max_len`` integers in lo..hi."""
+    if (not isinstance(value, (list, tuple)) or len(value) > max_len
+            or any(isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi for v in value)):
+        raise InputError(f"{where}: {label} is {show(value)}, expected a list of at most {max_len} integers in {lo}..{hi}")
+    return tuple(value)
+
+
+def sibling(where: str, name: str) -> str:
+    """The name of file ``name`` beside ``where`` (the config.json messages name), for messages."""
+    return str(Path(where).with_name(name)) if where.endswith(".json") else name
 
 
 @dataclass(frozen=True)
@@ -40,19 +115,19 @@ class RopeConfig:
     @classmethod
     def from_text_dict(cls, d: dict[str, Any], where: str) -> RopeConfig:
         # 5.x keeps everything in rope_parameters; 4.57 splits rope_theta and rope_scaling.
-        params = d.get("rope_parameters") or {}
-        scaling = d.get("rope_scaling") or {}
+        params = section(d, "rope_parameters", where, "text_config")
+        scaling = section(d, "rope_scaling", where, "text_config")
         merged = {**scaling, **params}
-        theta = merged.get("rope_theta", d.get("rope_theta"))
-        if theta is None:
+        theta_from = merged if merged.get("rope_theta") is not None else d
+        if theta_from.get("rope_theta") is None:
             raise InputError(f"{where}: no rope_theta in text_config (looked in rope_parameters and rope_theta)")
-        section = merged.get("mrope_section")
-        if section is None or len(section) != 3:
-            raise InputError(f"{where}: text_config needs a 3-element mrope_section, found {section!r}")
+        mrope = merged.get("mrope_section")
+        if not isinstance(mrope, list) or len(mrope) != 3:
+            raise InputError(f"{where}: text_config needs a 3-element mrope_section, found {show(mrope)}")
         return cls(
-            theta=float(theta),
-            mrope_section=tuple(int(s) for s in section),  # type: ignore[arg-type]
-            mrope_interleaved=bool(merged.get("mrope_interleaved", True)),
+            theta=number(theta_from, "rope_theta", where, "text_config", positive=True),
+            mrope_section=int_list(mrope, "text_config mrope_section", where, lo=0, hi=MAX_WIDTH, max_len=3),  # type: ignore[arg-type]
+            mrope_interleaved=boolean(merged, "mrope_interleaved", where, "text_config", default=True),
         )
 
 
@@ -93,23 +168,27 @@ class TextConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "config.json", tie_default: bool = True,
                   moe: bool = False) -> TextConfig:
-        heads = int(_require(d, "num_attention_heads", where))
-        hidden = int(_require(d, "hidden_size", where))
-        layers = int(_require(d, "num_hidden_layers", where))
+        t = "text_config"
+        heads = integer(d, "num_attention_heads", where, t)
+        hidden = integer(d, "hidden_size", where, t)
+        layers = integer(d, "num_hidden_layers", where, t, hi=MAX_LAYERS)
+        if hidden % heads:
+            raise InputError(f"{where}: text_config hidden_size={hidden} is not divisible by num_attention_heads={heads}")
         cfg = cls(
-            vocab_size=int(_require(d, "vocab_size", where)),
+            vocab_size=integer(d, "vocab_size", where, t, hi=MAX_VOCAB),
             hidden_size=hidden,
-            intermediate_size=int(_require(d, "intermediate_size", where)),
+            # a MoE model whose every layer is sparse has no dense MLP to size
+            intermediate_size=integer(d, "intermediate_size", where, t, lo=0 if moe else 1),
             num_hidden_layers=layers,
             num_attention_heads=heads,
-            num_key_value_heads=int(d.get("num_key_value_heads") or heads),
-            head_dim=int(d.get("head_dim") or hidden // max(heads, 1)),
-            rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
-            max_position_embeddings=int(_require(d, "max_position_embeddings", where)),
+            num_key_value_heads=integer(d, "num_key_value_heads", where, t, hi=heads, default=heads, none_is_default=True),
+            head_dim=integer(d, "head_dim", where, t, hi=1 << 16, default=hidden // heads, none_is_default=True),
+            rms_norm_eps=number(d, "rms_norm_eps", where, t, default=1e-6),
+            max_position_embeddings=integer(d, "max_position_embeddings", where, t, hi=MAX_POSITIONS),
             rope=RopeConfig.from_text_dict(d, where),
-            hidden_act=str(d.get("hidden_act", "silu")),
-            attention_bias=bool(d.get("attention_bias", False)),
-            tie_word_embeddings=bool(d.get("tie_word_embeddings", tie_default)),
+            hidden_act=string(d, "hidden_act", where, t, default="silu"),
+            attention_bias=boolean(d, "attention_bias", where, t, default=False),
+            tie_word_embeddings=boolean(d, "tie_word_embeddings", where, t, default=tie_default),
             **(moe_fields(d, layers, where) if moe else {}),
         )
         cfg.validate(where)
@@ -164,22 +243,26 @@ class VisionConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "config.json") -> VisionConfig:
         model_type = d.get("model_type", "qwen3_vl_vision")
-        if model_type not in VISION_MODEL_TYPES:
-            raise InputError(f"{where}: vision_config model_type is '{model_type}', expected one of "
+        if not isinstance(model_type, str) or model_type not in VISION_MODEL_TYPES:
+            raise InputError(f"{where}: vision_config model_type is {show(model_type)}, expected one of "
                              + ", ".join(f"'{t}'" for t in VISION_MODEL_TYPES))
+        v = "vision_config"
+        depth = integer(d, "depth", where, v, hi=MAX_LAYERS)
         cfg = cls(
-            depth=int(_require(d, "depth", where)),
-            hidden_size=int(_require(d, "hidden_size", where)),
-            intermediate_size=int(_require(d, "intermediate_size", where)),
-            num_heads=int(_require(d, "num_heads", where)),
-            in_channels=int(d.get("in_channels", 3)),
-            patch_size=int(d.get("patch_size", 16)),
-            temporal_patch_size=int(d.get("temporal_patch_size", 2)),
-            spatial_merge_size=int(d.get("spatial_merge_size", 2)),
-            out_hidden_size=int(_require(d, "out_hidden_size", where)),
-            num_position_embeddings=int(d.get("num_position_embeddings", 2304)),
-            deepstack_visual_indexes=tuple(int(i) for i in d.get("deepstack_visual_indexes", (8, 16, 24))),
-            hidden_act=str(d.get("hidden_act", "gelu_pytorch_tanh")),
+            depth=depth,
+            hidden_size=integer(d, "hidden_size", where, v),
+            intermediate_size=integer(d, "intermediate_size", where, v),
+            num_heads=integer(d, "num_heads", where, v),
+            in_channels=integer(d, "in_channels", where, v, hi=MAX_FACTOR, default=3),
+            patch_size=integer(d, "patch_size", where, v, hi=MAX_PATCH, default=16),
+            temporal_patch_size=integer(d, "temporal_patch_size", where, v, hi=MAX_FACTOR, default=2),
+            spatial_merge_size=integer(d, "spatial_merge_size", where, v, hi=MAX_FACTOR, default=2),
+            out_hidden_size=integer(d, "out_hidden_size", where, v),
+            num_position_embeddings=integer(d, "num_position_embeddings", where, v, hi=MAX_POSITIONS, default=2304),
+            deepstack_visual_indexes=int_list(d.get("deepstack_visual_indexes", [8, 16, 24]),
+                                              "vision_config deepstack_visual_indexes", where,
+                                              lo=-MAX_LAYERS, hi=MAX_LAYERS, max_len=MAX_LAYERS),
+            hidden_act=string(d, "hidden_act", where, v, default="gelu_pytorch_tanh"),
         )
         cfg.validate(where)
         return cfg
@@ -196,7 +279,7 @@ class VisionConfig:
             )
         bad = [i for i in self.deepstack_visual_indexes if not 0 <= i < self.depth]
         if bad:
-            raise InputError(f"{where}: vision_config deepstack_visual_indexes {bad} outside 0..{self.depth - 1}")
+            raise InputError(f"{where}: vision_config deepstack_visual_indexes {show(bad)} outside 0..{self.depth - 1}")
 
 
 @dataclass(frozen=True)
@@ -212,23 +295,29 @@ class TokenIds:
     eos_token_ids: tuple[int, ...] = tokens.EOS_IDS
 
     @classmethod
-    def from_dicts(cls, config: dict[str, Any], generation: dict[str, Any] | None) -> TokenIds:
-        text = config.get("text_config") or {}
+    def from_dicts(cls, config: dict[str, Any], generation: dict[str, Any] | None, where: str = "config.json",
+                   generation_where: str = "generation_config.json") -> TokenIds:
+        text = section(config, "text_config", where)
         gen = generation or {}
-        eos = gen.get("eos_token_id", text.get("eos_token_id", config.get("eos_token_id", tokens.IM_END_ID)))
-        eos_list = tuple(int(e) for e in (eos if isinstance(eos, list) else [eos]))
-        bos = gen.get("bos_token_id", text.get("bos_token_id", tokens.ENDOFTEXT_ID))
+        # eos: generation_config.json's, else text_config's, else the top level's (null counts as unset)
+        eos_sources = [(gen, generation_where, ""), (text, where, "text_config"), (config, where, "")]
+        eos, eos_where, eos_section = next(((d["eos_token_id"], w, sec) for d, w, sec in eos_sources
+                                            if d.get("eos_token_id") is not None), (tokens.IM_END_ID, where, ""))
+        eos_list = eos if isinstance(eos, list) else [eos]
+        if not eos_list or len(eos_list) > 1024 or any(
+                isinstance(e, bool) or not isinstance(e, int) or not 0 <= e <= MAX_TOKEN_ID for e in eos_list):
+            raise InputError(f"{eos_where}: {_label(eos_section, 'eos_token_id')} is {show(eos)}, expected a token id or "
+                             f"a non-empty list of token ids (0..{MAX_TOKEN_ID})")
+        bos_d, bos_where, bos_section = (gen, generation_where, "") if "bos_token_id" in gen else (text, where, "text_config")
+        bos = None if bos_d.get("bos_token_id", tokens.ENDOFTEXT_ID) is None else integer(
+            bos_d, "bos_token_id", bos_where, bos_section, lo=0, hi=MAX_TOKEN_ID, default=tokens.ENDOFTEXT_ID)
         # pad must not be 0: og gives every prompt token equal to pad position 0 and mask 0.
-        pad = gen.get("pad_token_id", text.get("pad_token_id")) or tokens.ENDOFTEXT_ID
-        return cls(
-            image_token_id=int(config.get("image_token_id", cls.image_token_id)),
-            video_token_id=int(config.get("video_token_id", cls.video_token_id)),
-            vision_start_token_id=int(config.get("vision_start_token_id", cls.vision_start_token_id)),
-            vision_end_token_id=int(config.get("vision_end_token_id", cls.vision_end_token_id)),
-            bos_token_id=None if bos is None else int(bos),
-            pad_token_id=int(pad),
-            eos_token_ids=eos_list,
-        )
+        pad_d, pad_where, pad_section = ((gen, generation_where, "") if "pad_token_id" in gen else (text, where, "text_config"))
+        pad = integer(pad_d, "pad_token_id", pad_where, pad_section, lo=0, hi=MAX_TOKEN_ID, default=tokens.ENDOFTEXT_ID,
+                      none_is_default=True) or tokens.ENDOFTEXT_ID
+        ids = {key: integer(config, key, where, lo=0, hi=MAX_TOKEN_ID, default=getattr(cls, key))
+               for key in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")}
+        return cls(**ids, bos_token_id=bos, pad_token_id=pad, eos_token_ids=tuple(eos_list))
 
 
 @dataclass(frozen=True)
@@ -240,15 +329,35 @@ class GenerationDefaults:
     repetition_penalty: float = 1.0
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> GenerationDefaults:
+    def from_dict(cls, d: dict[str, Any] | None, where: str = "generation_config.json") -> GenerationDefaults:
         d = d or {}
         return cls(
-            do_sample=bool(d.get("do_sample", False)),
-            top_k=int(d.get("top_k", 50)),
-            top_p=float(d.get("top_p", 1.0)),
-            temperature=float(d.get("temperature", 1.0)),
-            repetition_penalty=float(d.get("repetition_penalty", 1.0)),
+            do_sample=boolean(d, "do_sample", where, default=False) if d.get("do_sample") is not None else False,
+            top_k=integer(d, "top_k", where, lo=0, hi=MAX_TOKEN_ID, default=50, none_is_default=True),
+            top_p=number(d, "top_p", where, default=1.0, none_is_default=True),
+            temperature=number(d, "temperature", where, default=1.0, none_is_default=True),
+            repetition_penalty=number(d, "repetition_penalty", where, default=1.0, none_is_default=True),
         )
+
+
+def image_settings(d: dict[str, Any], where: str) -> ImageSettings:
+    """preprocessor_config.json's image settings (``ImageSettings.from_hf_dict``), the keys it reads checked first;
+    a null value is unset, as transformers reads it (its saves write null for unset sizes)."""
+    d = {k: v for k, v in d.items() if v is not None}
+    size = {k: v for k, v in section(d, "size", where).items() if v is not None}
+    for key in ("shortest_edge", "longest_edge"):
+        integer(size, key, where, "size", hi=MAX_PIXELS, default=1)
+    for key in ("min_pixels", "max_pixels"):
+        integer(d, key, where, hi=MAX_PIXELS, default=1)
+    integer(d, "patch_size", where, hi=MAX_PATCH, default=1)
+    for key in ("temporal_patch_size", "merge_size"):
+        integer(d, key, where, hi=MAX_FACTOR, default=1)
+    for key in ("image_mean", "image_std"):
+        value = d.get(key, [0.5, 0.5, 0.5])
+        if not (isinstance(value, list) and len(value) == 3 and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in value)):
+            raise InputError(f"{where}: {key} is {show(value)}, expected 3 numbers (one per RGB channel)")
+    return ImageSettings.from_hf_dict({**d, "size": size})
 
 
 @dataclass(frozen=True)
@@ -278,10 +387,10 @@ class Qwen3VLConfig:
         architecture = architecture_of(config, where)
         if "text_config" not in config or "vision_config" not in config:
             raise InputError(f"{where}: a Qwen3-VL config needs both text_config and vision_config")
-        text_dict = config["text_config"]
-        text = TextConfig.from_dict(text_dict, where, tie_default=bool(config.get("tie_word_embeddings", True)),
+        text_dict = section(config, "text_config", where)
+        text = TextConfig.from_dict(text_dict, where, tie_default=boolean(config, "tie_word_embeddings", where, default=True),
                                     moe=architecture == QWEN3_VL_MOE_ARCHITECTURE)
-        vision = VisionConfig.from_dict(config["vision_config"], where)
+        vision = VisionConfig.from_dict(section(config, "vision_config", where), where)
         if vision.out_hidden_size != text.hidden_size:
             raise InputError(
                 f"{where}: vision_config out_hidden_size={vision.out_hidden_size} must equal "
@@ -292,7 +401,8 @@ class Qwen3VLConfig:
                 f"{where}: {vision.num_deepstack} DeepStack layers need at least {vision.num_deepstack} "
                 f"text layers, found num_hidden_layers={text.num_hidden_layers} (HF would silently drop the extra blocks)"
             )
-        tokens = TokenIds.from_dicts(config, generation)
+        generation_where = sibling(where, "generation_config.json")
+        tokens = TokenIds.from_dicts(config, generation, where, generation_where)
         if not 0 <= tokens.image_token_id < text.vocab_size:
             raise InputError(
                 f"{where}: image_token_id={tokens.image_token_id} is outside the vocabulary "
@@ -302,8 +412,8 @@ class Qwen3VLConfig:
             text=text,
             vision=vision,
             tokens=tokens,
-            processor=ImageSettings.from_hf_dict(preprocessor or {}),
-            generation=GenerationDefaults.from_dict(generation),
+            processor=image_settings(preprocessor or {}, sibling(where, "preprocessor_config.json")),
+            generation=GenerationDefaults.from_dict(generation, generation_where),
             architecture=architecture,
         )
 
@@ -311,11 +421,13 @@ class Qwen3VLConfig:
 def architecture_of(config: dict[str, Any], where: str) -> str:
     """Which of the two accepted architectures config.json names (``architectures``, else ``model_type``)."""
     archs = config.get("architectures") or []
+    if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+        raise InputError(f"{where}: architectures is {show(archs)}, expected a list of class names")
     model_type = config.get("model_type")
     named = [arch for arch in ARCHITECTURES if arch in archs]
     named += [arch for arch, arch_model_type in ARCHITECTURES.items() if model_type == arch_model_type]
     if named:
         return named[0]
-    found = ", ".join(archs) if archs else f"model_type={model_type!r}"
+    found = " ".join(", ".join(archs).split())[:200] if archs else f"model_type={show(model_type)}"
     raise InputError(f"{where}: not a Qwen3-VL checkpoint (found {found}; expected "
                      f"{' or '.join(ARCHITECTURES)})")

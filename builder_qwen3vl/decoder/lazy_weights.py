@@ -12,8 +12,8 @@ references to the loaded parameters until ``save_model``. Here instead:
   parameters while og reads it; afterwards they are meta again.
 - ``LazyWeights.defer`` replaces every initializer og made from such a parameter (or a view of one, e.g.
   ``weight.T``) by a ``CheckpointTensor``, which reads the parameter again when ``ir.save`` writes it and
-  produces exactly the tensor og's ``make_initializer`` would have (og's own function makes it), converting
-  2-D weights a block of rows at a time.
+  produces exactly the tensor og's ``make_initializer`` would have (og's own function makes it,
+  ``og_adapter.og_initializer``), converting 2-D weights a block of rows at a time.
 
 So the parameters of at most one module are resident while the graph is made, and one tensor (plus its
 converted blocks) while it is saved. Anything og builds that this module cannot follow (a GGUF or
@@ -28,11 +28,11 @@ import copy
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from ..checkpoint.safetensors_index import TensorInfo, read_checkpoint_tensors
 from .live_tensors import LiveTensors
+from .og_adapter import og_initializer
 
 log = logging.getLogger(__name__)
 
@@ -190,19 +190,6 @@ class CheckpointParams:
 # ------------------------------------------------------------------------------------ og's initializers
 
 
-def og_initializer(og_make_initializer: Callable[..., None], tensor: Any, name: str, to: Any, raw: bool) -> Any:
-    """The tensor og's ``make_initializer`` registers for these arguments (og's own function, on a stand-in graph)."""
-    import onnx_ir as ir
-
-    made: list[Any] = []
-    stand_in = SimpleNamespace(
-        make_value=lambda value_name, dtype=None, shape=None: ir.Value(name=value_name),
-        model=SimpleNamespace(graph=SimpleNamespace(register_initializer=made.append)),
-    )
-    og_make_initializer(stand_in, tensor, name, to=to, raw=raw)
-    return made[0].const_value
-
-
 def _torch_dtype(ir_dtype: Any) -> Any:
     from onnx_ir.tensor_adapters import to_torch_dtype
 
@@ -226,9 +213,8 @@ class CheckpointTensor(lazy_tensor_base()):  # type: ignore[misc]
     """
 
     def __init__(self, params: CheckpointParams, param: str, geometry: tuple, is_parameter: bool, to: Any,
-                 og_tensor: Any, og_make_initializer: Callable[..., None]):
+                 og_tensor: Any):
         self.params, self.param, self.geometry, self.is_parameter, self.to = params, param, geometry, is_parameter, to
-        self._og_make_initializer = og_make_initializer
         super().__init__(self._whole, dtype=og_tensor.dtype, shape=og_tensor.shape, name=og_tensor.name)
         size, stride, offset = geometry
         rows = params.params[param].shape
@@ -247,7 +233,7 @@ class CheckpointTensor(lazy_tensor_base()):  # type: ignore[misc]
         return torch.nn.Parameter(view, requires_grad=False) if self.is_parameter else view
 
     def _whole(self) -> Any:
-        return og_initializer(self._og_make_initializer, self._view(self.params.read(self.param)), self.name, self.to, False)
+        return og_initializer(self._view(self.params.read(self.param)), self.name, to=self.to)
 
     def blocks(self) -> Iterator[Any]:
         """The tensor as contiguous torch blocks of whole rows, in order (layout "same" / "transposed" only)."""
@@ -278,10 +264,9 @@ class CheckpointTensor(lazy_tensor_base()):  # type: ignore[misc]
 class LazyWeights:
     """The lazy-weights state of one og builder model: the skeleton's names, the reader, the resident module."""
 
-    def __init__(self, skeleton: Any, params: CheckpointParams, og_make_initializer: Callable[..., None]):
+    def __init__(self, skeleton: Any, params: CheckpointParams):
         self.params = params
         self.module_names = {id(m): name for name, m in skeleton.named_modules(remove_duplicate=False)}
-        self.og_make_initializer = og_make_initializer
         self.resident: dict[int, tuple[str, Any]] = {}  # storage address -> (param name, tensor) while materialized
         self.skip: Callable[[str], bool] = lambda name: False
         self.kept_bytes = 0  # initializer bytes og computed from resident parameters and that stay in memory
@@ -326,6 +311,5 @@ class LazyWeights:
         param, base = entry
         geometry = (tuple(tensor.size()), tuple(tensor.stride()), tensor.storage_offset() - base.storage_offset())
         value.const_value = CheckpointTensor(
-            self.params, param, geometry, isinstance(tensor, torch.nn.Parameter), to, value.const_value,
-            self.og_make_initializer,
+            self.params, param, geometry, isinstance(tensor, torch.nn.Parameter), to, value.const_value
         )

@@ -19,6 +19,8 @@ The DeepStack hooks live in ``DeepStackMixin``, shared with the MoE decoder (moe
 them in front of the same og class. So do the memory hooks: the checkpoint is read a module at a time
 (lazy_weights.py) instead of og's whole-model ``from_pretrained``, and at int4 each MatMul is quantized as
 it is written (stream_quant.py) instead of og's whole-model ``to_nbits``; the bytes are og's.
+
+All of these override og's own hooks; what og has no hook for is in og_adapter.py.
 """
 
 from __future__ import annotations
@@ -101,7 +103,7 @@ class DeepStackMixin:
         params = CheckpointParams(folder, skeleton, self.oriented_params(folder, skeleton))
         text = [name for name in params.params if name.startswith(("model.language_model.layers.", "model.language_model.norm.", "lm_head."))]
         params.check(text)
-        self.lazy = LazyWeights(skeleton, params, _og_function(type(self), "make_initializer"))
+        self.lazy = LazyWeights(skeleton, params)
         log.info("decoder: reading %d checkpoint tensors one module at a time (%s)", len(text), folder)
         return skeleton
 
@@ -214,14 +216,6 @@ class DeepStackMixin:
 
     def to_nbits(self):
         return self.model if self.quantized_in_place else super().to_nbits()
-
-
-def _og_function(cls: type, name: str) -> Any:
-    """og's own ``name`` (the first definition in ``cls``'s MRO outside this package)."""
-    for klass in cls.__mro__:
-        if not klass.__module__.startswith("builder_qwen3vl") and name in vars(klass):
-            return vars(klass)[name]
-    raise RuntimeError(f"og builder: no {name} in {cls.__name__}'s bases")
 
 
 class DeepStackQwen3VLTextModel(DeepStackMixin, _OgQwen3VLTextModel):  # type: ignore[misc, valid-type]

@@ -6,7 +6,8 @@ hooks are ``DeepStackMixin`` (model.py), and the MoE MLP is og's own machinery, 
 ``Qwen35MoETextModel`` (builders/qwen.py) uses it, minus the shared expert Qwen3-VL does not have:
 
 - router: ``Qwen35MoETextModel.make_moe_router`` (MatMul by ``mlp.gate.weight`` [E, H], Reshape to
-  [tokens, E]): raw logits, which the MoE/QMoE op turns into softmax -> top-k -> weights / their sum
+  [tokens, E]), repeated by ``og_adapter.make_matmul_router`` since og has it only in a class whose
+  attention is not Qwen3-VL's: raw logits, which the MoE/QMoE op turns into softmax -> top-k -> weights / their sum
   (``normalize_routing_weights=1``), as HF's ``Qwen3VLMoeTextTopKRouter`` does. HF renormalises the top-k
   weights whatever ``norm_topk_prob`` says (transformers 5.25 source), so the op always does too.
 - experts: og's ``make_interleaved_swiglu_moe_preprocessing`` packs HF's ``gate_up_proj`` [E, 2I, H]
@@ -24,26 +25,26 @@ hooks are ``DeepStackMixin`` (model.py), and the MoE MLP is og's own machinery, 
   architecture to the dense class); this class reads ``Qwen3VLMoeForConditionalGeneration``'s parameters,
   with the expert tensors transformers cannot orient from their shapes put right (moe_experts.py): lazily
   (model.py, lazy_weights.py), each layer's experts read and packed by og's code when ``ir.save`` writes
-  them (``ExpertTensor``), or, on og's path, the whole model loaded and then fixed.
+  them (``ExpertTensor``; the class's ``make_initializer`` hands og's tensors to a collector meanwhile),
+  or, on og's path, the whole model loaded and then fixed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from .lazy_weights import lazy_tensor_base, og_initializer
+from .lazy_weights import lazy_tensor_base
 from .model import DeepStackMixin, _OgQwen3VLTextModel
 from ..checkpoint.safetensors_index import read_checkpoint_tensors
 from .moe_experts import DOWN, GATE_UP, expert_key, fix_ambiguous_experts, read_expert_layouts, sparse_layers
+from .og_adapter import expert_count, make_matmul_router, og_initializer, router_output
 
 log = logging.getLogger(__name__)
-
-# og's Qwen3.5-MoE text class, from the same og module as Qwen3VLTextModel (builders.qwen).
-_OgQwen35MoETextModel = sys.modules[_OgQwen3VLTextModel.__module__].Qwen35MoETextModel
 
 
 def expert_orientation(folder: Path, skeleton: Any, text_config: Any) -> dict[str, bool]:
@@ -60,6 +61,9 @@ def expert_orientation(folder: Path, skeleton: Any, text_config: Any) -> dict[st
 
 class DeepStackQwen3VLMoeTextModel(DeepStackMixin, _OgQwen3VLTextModel):  # type: ignore[misc, valid-type]
     """og's Qwen3VLTextModel with DeepStack and HF Qwen3-VL MoE's sparse MLP blocks."""
+
+    # While not None, the tensors og's make_initializer calls make go here instead of into the graph.
+    collected: list[Any] | None = None
 
     def __init__(self, config, io_dtype, onnx_dtype, ep, cache_dir, extra_options):
         super().__init__(config, io_dtype, onnx_dtype, ep, cache_dir, extra_options)
@@ -131,23 +135,29 @@ class DeepStackQwen3VLMoeTextModel(DeepStackMixin, _OgQwen3VLTextModel):  # type
         else:
             self._make_lazy_experts(layer_id, self.lazy.module_names[id(moe.experts)])
 
+    def make_initializer(self, tensor, /, name, *, to=None, raw=False):
+        if self.collected is None:
+            super().make_initializer(tensor, name, to=to, raw=raw)
+        else:
+            self.collected.append(og_initializer(tensor, name, to=to, raw=raw))
+
+    @contextlib.contextmanager
+    def collecting_initializers(self) -> Iterator[list[Any]]:
+        """The tensors og's ``make_initializer`` calls make while open, in the list yielded, not in the graph."""
+        self.collected = []
+        try:
+            yield self.collected
+        finally:
+            self.collected = None
+
     def experts_initializers(self, layer_id: int, experts: str, first: int | None = None) -> list[Any]:
         """The tensors og's ``make_interleaved_swiglu_moe_preprocessing`` registers for this layer, in its order,
         with the experts (module name ``experts``) read from the checkpoint; ``first``: only that many experts."""
         read = self.lazy.params.read
         moe = SimpleNamespace(experts=SimpleNamespace(gate_up_proj=read(f"{experts}.gate_up_proj", first),
                                                       down_proj=read(f"{experts}.down_proj", first)))
-        made: list[Any] = []
-        num_experts = self.moe_attrs["num_experts"]
-        self.make_initializer = lambda tensor, name, *, to=None, raw=False: made.append(
-            og_initializer(self.lazy.og_make_initializer, tensor, name, to, raw))
-        if first is not None:
-            self.moe_attrs["num_experts"] = first
-        try:
+        with self.collecting_initializers() as made, expert_count(self, first):
             self.make_interleaved_swiglu_moe_preprocessing(layer_id, moe)
-        finally:
-            del self.make_initializer
-            self.moe_attrs["num_experts"] = num_experts
         return made
 
     def _make_lazy_experts(self, layer_id: int, experts: str) -> None:
@@ -166,7 +176,8 @@ class DeepStackQwen3VLMoeTextModel(DeepStackMixin, _OgQwen3VLTextModel):  # type
             value.const_value = ExpertTensor(layer, tensor.name, dtype=tensor.dtype, shape=shape, name=tensor.name)
             self.model.graph.register_initializer(value)
 
-    make_moe_router = _OgQwen35MoETextModel.make_moe_router
+    def make_moe_router(self, layer_id, moe, root_input):
+        return make_matmul_router(self, layer_id, moe.gate, root_input)
 
     def make_moe_subgraph(self, layer_id, moe, root_input):
         # og's Qwen35MoETextModel.make_moe_subgraph without its shared expert and GatedAdd.
@@ -177,7 +188,7 @@ class DeepStackQwen3VLMoeTextModel(DeepStackMixin, _OgQwen3VLTextModel):  # type
         self.make_moe_op(
             moe_name,
             root_input=root_input,
-            router_probs=f"{basename}/router/Reshape/output_0",
+            router_probs=router_output(layer_id),
             weight1=names["gate_up_weight"],
             scales1=names["gate_up_scales"] if op_type == "QMoE" else "",
             bias1=names["gate_up_bias"],

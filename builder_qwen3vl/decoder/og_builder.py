@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import importlib
 import inspect
 import io
 import logging
 import re
+import sys
 import textwrap
 from collections.abc import Iterator
 from functools import lru_cache
@@ -22,6 +24,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 QWEN3_VL_ARCHITECTURE = "Qwen3VLForConditionalGeneration"
+OG_BUILDER_MODULE = "onnxruntime_genai.models.builder"
 # og's help text calls these "deprecated aliases that still work", but og 0.18 reads only the
 # unprefixed names: an int4_* key would be silently ignored, so we translate it.
 # og builder keys whose default we change: prefill computes the lm_head for the last position only
@@ -36,9 +39,24 @@ def og_builder() -> ModuleType:
     ``onnxruntime_genai.models`` puts its folder on sys.path and builder.py imports its siblings
     as top-level ``builders``/``builder_config``; subclass the classes from *that* import.
     """
-    import onnxruntime_genai.models.builder as builder
+    return _import_og(OG_BUILDER_MODULE)
 
-    return builder
+
+def _import_og(name: str) -> ModuleType:
+    """Import an og module without leaving a trace in the process.
+
+    The first import changes the process (og's folder on sys.path, ``ORT_LIB_PATH``, the root logger
+    through onnxruntime's quantizer, warning filters: see process_state.py), so it runs inside
+    ``preserved_process_state``: validating options leaves no trace either. That context also puts back
+    the folders an earlier call took off sys.path, which og's top-level imports of its siblings need
+    (``onnxruntime_genai.models`` adds its folder only when it is first imported).
+    """
+    if name not in sys.modules:
+        from ..process_state import preserved_process_state
+
+        with preserved_process_state():
+            importlib.import_module(name)
+    return sys.modules[name]
 
 
 @lru_cache(maxsize=1)
@@ -129,9 +147,8 @@ IO_DTYPE_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 def og_io_dtype(precision: str, execution_provider: str, extra_options: dict[str, Any]) -> str:
     """The dtype og's builder gives inputs_embeds, logits and the KV cache ("float32" / "float16" /
     "bfloat16"), from og's own rule (e.g. int4 on CPU keeps float32 io, int4 on CUDA float16)."""
-    from onnxruntime_genai.models.quantization.quant_config import default_io_dtype
-
-    return IO_DTYPE_NAMES[default_io_dtype(precision, execution_provider, extra_options)]
+    quant_config = _import_og("onnxruntime_genai.models.quantization.quant_config")
+    return IO_DTYPE_NAMES[quant_config.default_io_dtype(precision, execution_provider, extra_options)]
 
 
 @contextlib.contextmanager

@@ -26,16 +26,22 @@ def check_block_size(block_size: int) -> None:
         raise ValueError(f"block_size: expected a power of two >= 16, got {block_size}")
 
 
+class _WarningsAndAbove(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING
+
+
 @contextlib.contextmanager
 def _quiet(logger_name: str) -> Iterator[None]:
-    """Hold a chatty logger at WARNING (the quantizer logs one INFO line per node it skips)."""
+    """Drop a chatty logger's lines below WARNING while the block runs (the quantizer logs one INFO line per
+    node it skips); a filter on that logger, removed afterwards, so its level stays the application's."""
     logger = logging.getLogger(logger_name)
-    level = logger.level
-    logger.setLevel(max(level, logging.WARNING))
+    only_warnings = _WarningsAndAbove()
+    logger.addFilter(only_warnings)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        logger.removeFilter(only_warnings)
 
 
 def quantize_table_gather(model: onnx.ModelProto, block_size: int, is_symmetric: bool) -> onnx.ModelProto:

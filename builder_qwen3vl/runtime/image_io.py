@@ -13,12 +13,26 @@ which the Qwen3-VL image processor uses for paths): EXIF orientation applied, th
 decoder drops it too). One exception: 16-bit images (PIL modes ``I;16*`` / ``I``) are scaled to 8 bits
 as ``value >> 8``, as og's decoder does, where PIL's ``convert("RGB")``, and so HF's ``load_image``,
 clips every value above 255 to white. No PyTorch here (PIL and numpy only).
+
+Size limit: a file whose header gives more than ``IMAGE_PIXEL_LIMIT`` pixels (100 megapixels) is refused
+from the header, before a byte of pixel data is decoded, in one line naming the file, its size and the
+limit (``read_image(path, pixel_limit=...)`` overrides it). The processor uses at most 16,777,216 pixels
+(4096x4096, the image ``max_pixels``) and downscales anything larger, so the limit costs no answer quality up
+to 6x that, and keeps a hostile header from costing gigabytes: reading a picture at the limit peaks at about
+0.8 GB (PIL holds RGB as 4 bytes a pixel: the decoded picture and its RGB copy; 0.9 GB for 16-bit grey).
+PIL's own check (``Image.MAX_IMAGE_PIXELS``, a process-wide setting the caller owns and this module leaves
+alone) is not relied on; its
+DecompressionBombError, raised where a format's first header understates the pixels (a GIF frame larger
+than its screen, an icon's embedded picture), becomes the same one line. Of a multi-frame file (GIF,
+animated WebP, multi-page TIFF) only the first frame is decoded.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +46,8 @@ log = logging.getLogger(__name__)
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # "I": how some PIL plugins hand 16-bit grey
 READABLE = "PNG, JPEG, BMP, WebP, TIFF or GIF"
+IMAGE_PIXEL_LIMIT = 100_000_000  # pixels of one decoded image or video frame; the module docstring says why
+_PIL_BOMB = re.compile(r"\((\d+) pixels\) exceeds limit of (\d+) pixels")
 
 
 class ImageReadError(InputError, ValueError):
@@ -44,38 +60,91 @@ class ImageReadError(InputError, ValueError):
 def to_rgb8(img: Image.Image) -> Image.Image:
     """``img`` (already loaded) as 8-bit RGB: HF's ``convert("RGB")``, except 16-bit grey scaled by >> 8."""
     if img.mode in SIXTEEN_BIT_MODES:
-        grey = np.clip(np.asarray(img).astype(np.int64), 0, 65535) >> 8
-        return Image.fromarray(grey.astype(np.uint8), "L").convert("RGB")
+        grey = np.asarray(img)  # uint16, or int32 for mode "I": clipped and shifted in its own width, no int64 copy
+        if grey.dtype.kind != "u":
+            grey = np.clip(grey, 0, 65535)
+        return Image.fromarray((grey >> 8).astype(np.uint8), "L").convert("RGB")
     return img.convert("RGB")
 
 
-def read_image(path: str | Path) -> Image.Image:
-    """Decode ``path`` fully and return it as an 8-bit RGB PIL image, or raise ImageReadError (one line)."""
+def too_large(path: str | Path, pixels: int, limit: int, what: str = "the image", size: tuple[int, int] | None = None) -> str:
+    """The one line for a picture over ``limit`` pixels: the file, its size in pixels and megapixels, the limit."""
+    shape = f"{size[0]}x{size[1]} pixels" if size else f"{pixels} pixels"
+    return f"{path}: {what} is {shape} ({pixels / 1e6:.1f} megapixels), over the limit of {limit / 1e6:g} megapixels"
+
+
+def check_pixels(path: str | Path, width: int, height: int, limit: int | None = None, what: str = "the image") -> None:
+    """Refuse (ImageReadError, one line) a ``width`` x ``height`` picture over ``limit`` pixels
+    (default ``IMAGE_PIXEL_LIMIT``): called with a header's size, before anything is decoded."""
+    limit = IMAGE_PIXEL_LIMIT if limit is None else limit
+    if width * height > limit:
+        raise ImageReadError(too_large(path, width * height, limit, what, (width, height)))
+
+
+def _bomb_line(path: Path, error: Exception, limit: int) -> str:
+    """PIL's DecompressionBombError as ``too_large``'s line (PIL names the pixels, not the sides)."""
+    found = _PIL_BOMB.search(str(error))
+    if not found:
+        return f"{path}: the image is over the limit of {limit / 1e6:g} megapixels ({str(error).splitlines()[0]})"
+    pixels, pil_limit = int(found[1]), int(found[2])
+    return too_large(path, pixels, limit if pixels > limit else pil_limit)
+
+
+def header_size(path: str | Path, pixel_limit: int | None = None) -> tuple[int, int] | None:
+    """(width, height) from the header of a file PIL recognizes as a picture, else None; nothing is decoded.
+    A decompression bomb raises ImageReadError (``read_image``'s line)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                return img.size
+    except Image.DecompressionBombError as e:
+        raise ImageReadError(_bomb_line(Path(path), e, IMAGE_PIXEL_LIMIT if pixel_limit is None else pixel_limit)) from None
+    except (OSError, SyntaxError, ValueError, EOFError):  # not a picture PIL knows (UnidentifiedImageError: OSError)
+        return None
+
+
+def read_image(path: str | Path, pixel_limit: int | None = None) -> Image.Image:
+    """Decode ``path`` (its first frame) and return it as an 8-bit RGB PIL image, or raise ImageReadError (one line).
+
+    ``pixel_limit``: the most pixels accepted (default ``IMAGE_PIXEL_LIMIT``), checked on the header before decoding.
+    """
     path = Path(path)
+    limit = IMAGE_PIXEL_LIMIT if pixel_limit is None else pixel_limit
     if path.is_dir():
         raise ImageReadError(f"{path}: is a folder, expected an image file")
     if not path.is_file():
         raise ImageReadError(f"{path}: no such file")
     try:
-        with Image.open(path) as img:
-            frames = getattr(img, "n_frames", 1)
-            if frames > 1:  # GIF, animated WebP, multi-page TIFF: HF's load_image also takes the first frame
-                log.warning("%s: %s with %d frames; using the first", path, img.format, frames)
-            if img.mode == "F":
-                raise ImageReadError(f"{path}: a 32-bit floating-point image; expected 8- or 16-bit pixels")
-            img.load()  # a full decode now: a truncated file fails here, not later inside og
-            return to_rgb8(ImageOps.exif_transpose(img))
+        with warnings.catch_warnings():  # PIL's DecompressionBombWarning: the limit here is IMAGE_PIXEL_LIMIT
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return _decode(path, limit)
     except ImageReadError:
         raise
     except UnidentifiedImageError:
         raise ImageReadError(f"{path}: not an image file (expected {READABLE})") from None
     except Image.DecompressionBombError as e:
-        raise ImageReadError(f"{path}: {e}") from None
+        raise ImageReadError(_bomb_line(path, e, limit)) from None
     except PermissionError:
         raise ImageReadError(f"{path}: permission denied") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:  # PIL's decoders raise all of these
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ImageReadError(f"{path}: cannot decode the image ({reason})") from None
+
+
+def _decode(path: Path, limit: int) -> Image.Image:
+    """``read_image``'s work: header checks (size, mode), then the first frame's full decode."""
+    with Image.open(path) as img:  # reads the header only
+        check_pixels(path, *img.size, limit)
+        if img.mode == "F":
+            raise ImageReadError(f"{path}: a 32-bit floating-point image; expected 8- or 16-bit pixels")
+        frames = getattr(img, "n_frames", 1)  # from headers: PIL skips the frames' data to count them
+        if frames > 1:  # GIF, animated WebP, multi-page TIFF: HF's load_image also takes the first frame
+            log.warning("%s: %s with %d frames; using the first", path, img.format, frames)
+        img.load()  # a full decode now: a truncated file fails here, not later inside og
+        check_pixels(path, *img.size, limit)  # a format whose header understated the size (an icon's picture)
+        ImageOps.exif_transpose(img, in_place=True)  # HF's rotation, without a copy when there is none to do
+        return to_rgb8(img)
 
 
 def png_bytes(img: Image.Image) -> bytes:

@@ -7,23 +7,29 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..bundle import contract
-from .tokens import IMAGE_TAG
+from ..bundle.paths import bundle_file, check_bundle_paths
+from .tokens import IMAGE_TAG, SPECIAL_TOKENS, VIDEO_TAG, plain_text
 
 log = logging.getLogger(__name__)
 
 
 def load_model(bundle: str | Path, threads: int | None = None) -> Any:
     """og.Model for ``bundle``; ``threads`` overrides the intra-op thread count the bundle's
-    genai_config gives its three sessions (0 there: onnxruntime's default, every physical core)."""
+    genai_config gives its three sessions (0 there: onnxruntime's default, every physical core).
+
+    The bundle path rule first (``bundle.paths``): a file og would read outside the bundle folder (a name in
+    genai_config.json, a symlink, an external data location) is a ``BundlePathError`` (a ValueError, one line
+    naming the file and the key); what og itself rejects is its RuntimeError."""
     import onnxruntime_genai as og
 
+    check_bundle_paths(bundle)
     config = og.Config(str(bundle))
     if threads is not None:
         session = {"session_options": {"intra_op_num_threads": threads}}
@@ -31,16 +37,24 @@ def load_model(bundle: str | Path, threads: int | None = None) -> Any:
     return og.Model(config)
 
 
-def chat_prompt(tokenizer: Any, question: str, num_images: int = 0, system_prompt: str | None = None) -> str:
-    """The bundle's chat template (og.Tokenizer) on one user turn: the image tags first, then the question."""
-    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    messages.append({"role": "user", "content": IMAGE_TAG * num_images + question})
+def chat_prompt(tokenizer: Any, question: str, num_images: int = 0, system_prompt: str | None = None, *,
+                num_videos: int = 0, special_tokens: Iterable[str] = SPECIAL_TOKENS) -> str:
+    """The bundle's chat template (og.Tokenizer) on one user turn: the video tags, the image tags, the question.
+
+    ``question`` and ``system_prompt`` are the user's text: special tokens typed in them stay text
+    (``tokens.plain_text``), so they never become a placeholder, a vision marker or a turn. Visual tags come
+    only from ``num_videos`` and ``num_images``. ``special_tokens``: the bundle's (``tokens.special_tokens``);
+    the released vocabulary's are always included."""
+    messages = [{"role": "system", "content": plain_text(system_prompt, special_tokens)}] if system_prompt else []
+    tags = VIDEO_TAG * num_videos + IMAGE_TAG * num_images
+    messages.append({"role": "user", "content": tags + plain_text(question, special_tokens)})
     return tokenizer.apply_chat_template(messages=json.dumps(messages), add_generation_prompt=True)
 
 
 def resize_settings(bundle: str | Path) -> dict[str, int]:
-    """The Resize step of the bundle's processor_config.json, as keyword arguments of ``resize.resize_for_og``."""
-    doc = json.loads((Path(bundle) / contract.PROCESSOR_CONFIG_FILENAME).read_text())
+    """The Resize step of the bundle's processor_config.json, as keyword arguments of ``resize.resize_for_og``.
+    The file outside the bundle folder (a symlink) is a ``BundlePathError``."""
+    doc = json.loads(bundle_file(bundle, contract.PROCESSOR_CONFIG_FILENAME).read_text())
     attrs = next(t["operation"]["attrs"] for t in doc["processor"]["transforms"] if t["operation"]["type"] == "Resize")
     return {k: int(attrs[k]) for k in ("patch_size", "merge_size", "min_pixels", "max_pixels")}
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..bundle.contract import PROCESSOR_CONFIG_FILENAME, VIDEO_CONFIG_FILENAME
+from ..bundle.paths import bundle_file
 
 # transformers 5.x ``Qwen3VLVideoProcessor`` class attributes (what ``Qwen3VLVideoProcessor()`` uses).
 HF_VIDEO_DEFAULTS: dict[str, Any] = {
@@ -125,12 +126,13 @@ class VideoSettings:
     def from_bundle(cls, bundle: str | Path) -> VideoSettings:
         """The bundle's video settings (``video_preprocessor_config.json``). A bundle built before the file
         existed gets the class defaults with patch, temporal patch and merge size (and mean/std) from its
-        processor_config.json: the vision tower's, which the defaults must not contradict."""
+        processor_config.json: the vision tower's, which the defaults must not contradict. Either file outside
+        the bundle folder (a symlink) is a ``BundlePathError`` (a ValueError)."""
         bundle = Path(bundle)
-        path = bundle / VIDEO_CONFIG_FILENAME
+        path = bundle_file(bundle, VIDEO_CONFIG_FILENAME)
         if path.is_file():
             return cls.from_dict(_read(path), str(path))
-        attrs = _og_processor_attrs(bundle / PROCESSOR_CONFIG_FILENAME)
+        attrs = _og_processor_attrs(bundle_file(bundle, PROCESSOR_CONFIG_FILENAME))
         patch, normalize = attrs.get("PatchImage", {}), attrs.get("Normalize", {})
         return cls.from_dict({k: v for k, v in {
             "patch_size": patch.get("patch_size"), "temporal_patch_size": patch.get("temporal_patch_size"),
@@ -179,7 +181,8 @@ class ImageSettings:
 
     @classmethod
     def from_bundle(cls, bundle: str | Path) -> ImageSettings:
-        path = Path(bundle) / PROCESSOR_CONFIG_FILENAME
+        """The bundle's processor_config.json (og's format); outside the bundle folder: ``BundlePathError``."""
+        path = bundle_file(bundle, PROCESSOR_CONFIG_FILENAME)
         attrs = _og_processor_attrs(path)
         resize, patch, normalize = attrs.get("Resize", {}), attrs.get("PatchImage", {}), attrs.get("Normalize", {})
         where, d = str(path), cls()

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import BuildError, InputError
+from ..process_state import preserved_process_state
 from .og_probe import run_check
 from .static_checks import GENAI_CONFIG, static_checks
 
@@ -50,8 +51,15 @@ class VerifyReport:
 
 
 def verify_bundle(bundle: str | Path, *, run: bool = True, max_new_tokens: int = 4, timeout: float = 600.0) -> VerifyReport:
-    """Check ``bundle``; with ``run`` also generate with og. Failures are collected, not raised."""
-    bundle = Path(bundle)
+    """Check ``bundle``; with ``run`` also generate with og. Failures are collected, not raised.
+
+    The calling process is left as it was found (``process_state.preserved_process_state``).
+    """
+    with preserved_process_state():
+        return _verify_bundle(Path(bundle), run, max_new_tokens, timeout)
+
+
+def _verify_bundle(bundle: Path, run: bool, max_new_tokens: int, timeout: float) -> VerifyReport:
     if not bundle.is_dir():
         raise InputError(f"verify {bundle}: expected a bundle folder (with {GENAI_CONFIG}), found {'a file' if bundle.exists() else 'nothing'}")
     report = VerifyReport(bundle)

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..bundle.paths import BundlePathError, bundle_file
+
 if TYPE_CHECKING:
     from . import VerifyReport
 
@@ -34,7 +36,9 @@ class Graph:
     model: Any  # onnx.ModelProto without tensor data
 
 
-def load_graph(path: Path, report: VerifyReport) -> Graph | None:
+def load_graph(path: Path, report: VerifyReport, bundle: Path | None = None) -> Graph | None:
+    """The graph at ``path`` without tensor data, once its external data files are present, whole and inside
+    ``bundle`` (default: the model's folder); None after recording a failure."""
     import onnx
 
     try:
@@ -42,7 +46,7 @@ def load_graph(path: Path, report: VerifyReport) -> Graph | None:
     except Exception as e:  # a truncated or foreign file: protobuf raises its own types
         report.failures.append(f"{path.name}: not a readable ONNX model ({type(e).__name__}: {e})")
         return None
-    if not external_data_present(path, proto, report):
+    if not external_data_present(path, proto, report, path.parent if bundle is None else bundle):
         return None
     graph = Graph(path, tensors(proto.graph.input), tensors(proto.graph.output), proto)
     initializers = {init.name for init in proto.graph.initializer}
@@ -52,7 +56,8 @@ def load_graph(path: Path, report: VerifyReport) -> Graph | None:
     return graph
 
 
-def external_data_present(path: Path, proto: Any, report: VerifyReport) -> bool:
+def external_data_present(path: Path, proto: Any, report: VerifyReport, bundle: Path) -> bool:
+    """Each external data file the graph names lies inside ``bundle`` and holds every byte it is asked for."""
     from onnx import TensorProto
 
     needed: dict[str, int] = {}
@@ -64,7 +69,11 @@ def external_data_present(path: Path, proto: Any, report: VerifyReport) -> bool:
         location = info.get("location", "")
         needed[location] = max(needed.get(location, 0), end)
     for location, end in needed.items():
-        data = path.parent / location
+        try:
+            data = bundle_file(bundle, location, f"{path.name} external data location", base=path.parent)
+        except BundlePathError as e:
+            report.failures.append(str(e))
+            return False
         if not data.is_file():
             report.failures.append(f"{location}: missing (external data of {path.name})")
             return False

@@ -1,6 +1,8 @@
 """verify's static checks: files, graph inputs/outputs, one W everywhere, DeepStack wiring, processor config.
 
-No onnxruntime session: graphs are read with ``load_external_data=False`` (seconds even for 8B).
+No onnxruntime session: graphs are read with ``load_external_data=False`` (seconds even for 8B). Every file
+read, and every file the bundle names, must lie inside the bundle folder (``bundle.paths.bundle_file``, the
+rule the run-time helpers apply too); one that does not is a failed check naming the file and the key.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..bundle.contract import GENAI_CONFIG_FILENAME as GENAI_CONFIG
 from ..bundle.contract import OG_DEFAULT_NAMES, OG_MODEL_TYPE, TOKENIZER_FILES, VIDEO_CONFIG_FILENAME
+from ..bundle.paths import BundlePathError, bundle_file
 from ..runtime.video_settings import VideoSettings
 from .graphs import FLOAT_TYPES, Graph, dtype_of, expect, load_graph, text_hidden_size, unfed_inputs
 
@@ -21,7 +24,8 @@ REQUIRED_MODEL_FIELDS = ("context_length", "vocab_size", "image_token_id", "visi
 REQUIRED_DECODER_FIELDS = ("head_size", "hidden_size", "num_attention_heads", "num_hidden_layers", "num_key_value_heads")
 def static_checks(bundle: Path, report: VerifyReport) -> dict[str, Any]:
     facts: dict[str, Any] = {}
-    genai = _read_json(bundle / GENAI_CONFIG, report)
+    config = _inside(bundle, GENAI_CONFIG, None, report)
+    genai = _read_json(config, report) if config is not None else None
     if genai is None:
         return facts
     model = genai.get("model") or {}
@@ -31,7 +35,7 @@ def static_checks(bundle: Path, report: VerifyReport) -> dict[str, Any]:
     facts.update(stream_width=stream_width, provider=_providers(model["decoder"]))
     files = _named_files(bundle, model, report)
     processor = _read_json(files["vision config"], report) if "vision config" in files else None
-    graphs = {role: load_graph(path, report) for role, path in files.items() if path.suffix == ".onnx"}
+    graphs = {role: load_graph(path, report, bundle) for role, path in files.items() if path.suffix == ".onnx"}
     if any(g is None for g in graphs.values()) or len(graphs) < 3:
         return facts
     vision, embedding, decoder = graphs["vision"], graphs["embedding"], graphs["decoder"]
@@ -42,8 +46,19 @@ def static_checks(bundle: Path, report: VerifyReport) -> dict[str, Any]:
     _check_deepstack(decoder, model["decoder"], stream_width, report)
     if processor is not None:
         _check_processor(processor, files["vision config"], report)
-    _check_video(bundle / VIDEO_CONFIG_FILENAME, model["vision"], report)
+    video = _inside(bundle, VIDEO_CONFIG_FILENAME, None, report)
+    if video is not None:
+        _check_video(video, model["vision"], report)
     return facts
+
+
+def _inside(bundle: Path, name: Any, named_by: str | None, report: VerifyReport) -> Path | None:
+    """``bundle / name`` under the bundle path rule; None (and a failure naming file and key) outside it."""
+    try:
+        return bundle_file(bundle, name, named_by)
+    except BundlePathError as e:
+        report.failures.append(str(e))
+        return None
 
 
 def _read_json(path: Path, report: VerifyReport) -> dict[str, Any] | None:
@@ -101,12 +116,14 @@ def _named_files(bundle: Path, model: dict[str, Any], report: VerifyReport) -> d
     for role, (key, name) in named.items():
         if not name:
             report.failures.append(f"{GENAI_CONFIG}: {key} is missing")
-        elif not (bundle / name).is_file():
+        elif (path := _inside(bundle, name, f"{GENAI_CONFIG} {key}", report)) is None:
+            continue
+        elif not path.is_file():
             report.failures.append(f"{name}: missing (named by {GENAI_CONFIG} {key})")
         else:
-            found[role] = bundle / name
+            found[role] = path
     for name in TOKENIZER_FILES:
-        if not (bundle / name).is_file():
+        if (path := _inside(bundle, name, None, report)) is not None and not path.is_file():
             report.failures.append(f"{name}: missing (og's tokenizer needs it)")
     if len(found) == len(named):
         report.passed.append("files: " + ", ".join(p.name for p in found.values()) + ", " + ", ".join(TOKENIZER_FILES))
