@@ -515,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shape", choices=SHAPES)
     p.add_argument("--layers", type=int, nargs="*", help="text layers to cut the shape to (one build each)")
     p.add_argument("--all", action="store_true", help="2b, 32b x {4, 8}, 30b-a3b x {4, 8}, then the projections")
-    p.add_argument("--cache", type=Path, default=Path(os.environ.get("BUILDER_QWEN3VL_CACHE", "/work/cache")))
+    p.add_argument("--cache", type=Path, default=Path(os.environ.get("BUILDER_QWEN3VL_CACHE", Path.home() / ".cache" / "builder_qwen3vl")))
     p.add_argument("--work", type=Path, default=None, help="bundles, logs, TMPDIR and results (default CACHE/build-memory)")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="build this checkpoint folder (of --shape with --layers N) instead of writing one")

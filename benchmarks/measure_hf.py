@@ -12,7 +12,7 @@ import numpy as np
 
 from common import Settings, benchmark_images, hf_vision_output_path, random_pixel_values, text_prompt_ids, timed
 
-from builder_qwen3vl.runtime.tokens import IMAGE_TOKEN_ID
+from builder_qwen3vl.ground.tokens import IMAGE_TOKEN_ID
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 

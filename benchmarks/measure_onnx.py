@@ -15,7 +15,7 @@ import numpy as np
 from common import (Settings, benchmark_images, hf_vision_output_path, question_text, random_pixel_values,
                     text_prompt_ids, timed)
 
-from builder_qwen3vl.bundle.contract import VISION
+from builder_qwen3vl.ground.contract import VISION
 from builder_qwen3vl.runtime.og_run import chat_prompt, greedy, load_model
 
 OG_VISION_OUTPUTS = [t.name for t in VISION.outputs]  # og requests only these; the named extras are not computed
@@ -101,7 +101,7 @@ def vision_variants(settings: Settings) -> dict[str, Any]:
 
     from builder_qwen3vl.vision.load import load_hf_visual
     from builder_qwen3vl.checkpoint.reader import read_checkpoint
-    from builder_qwen3vl.vision import export_vision_encoder
+    from builder_qwen3vl.vision.export import export_vision_encoder
     torch.set_num_threads(settings.threads)
     images = benchmark_images(settings)
     paths = {"bundle": settings.bundle / "vision_encoder.onnx"}

@@ -83,7 +83,7 @@ def write_checkpoint(folder: Path, cfg: dict[str, Any], shard_bytes: float = 2e9
 
     from builder_qwen3vl.testing.checkpoints import reference_json
     from builder_qwen3vl.testing.moe_checkpoints import _meta_state_shapes, moe_tensor
-    from builder_qwen3vl.testing.tokenizer import write_tokenizer
+    from builder_qwen3vl.shipped.tokenizer import write_tokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
     cfg = copy.deepcopy(cfg)
@@ -509,7 +509,7 @@ def run_phase(phase: str, run: Run, args: argparse.Namespace) -> None:
             log.info("L%d %s: other processes had %.0f %% of the CPUs", run.layers, phase, 100 * res["foreign_cpu_share"])
             if res["foreign_cpu_share"] <= args.max_foreign or phase == "files":
                 break
-        # the attempt other processes disturbed least; the others' shares kept for the record
+        # the attempt other processes disturbed least; the others' shares kept beside it
         data = min(attempts, key=lambda d: d["process"]["foreign_cpu_share"])
         data["attempts_foreign_cpu_share"] = [d["process"]["foreign_cpu_share"] for d in attempts]
     data["load_before"] = load
@@ -571,7 +571,7 @@ def report(work: Path, cache: Path, layer_counts: list[int]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--layers", type=int, nargs="+", default=[4, 8])
-    p.add_argument("--cache", type=Path, default=Path(os.environ.get("BUILDER_QWEN3VL_CACHE", "/work/cache")))
+    p.add_argument("--cache", type=Path, default=Path(os.environ.get("BUILDER_QWEN3VL_CACHE", Path.home() / ".cache" / "builder_qwen3vl")))
     p.add_argument("--work", type=Path, default=None, help="default CACHE/bench-30b-a3b")
     p.add_argument("--only", nargs="+", choices=PHASES)
     p.add_argument("--resume", action="store_true")

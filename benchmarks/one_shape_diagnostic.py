@@ -1,8 +1,8 @@
 """Can the tiny Qwen3-VL learn where a shape is? A short training run on one-shape pictures.
 
-    python benchmarks/one_shape_diagnostic.py --out /tmp/d0 --steps 300 --threads 2               # d0
-    python benchmarks/one_shape_diagnostic.py --out /tmp/d1 --steps 600 --lr 1e-3 --threads 1     # d1
-    python benchmarks/one_shape_diagnostic.py --out /tmp/d3 --steps 400 --aux 1.0 --threads 1     # d3
+    python benchmarks/one_shape_diagnostic.py --out d0 --steps 300 --threads 2               # d0
+    python benchmarks/one_shape_diagnostic.py --out d1 --steps 600 --lr 1e-3 --threads 1     # d1
+    python benchmarks/one_shape_diagnostic.py --out d3 --steps 400 --aux 1.0 --threads 1     # d3
 
 Each picture (the shapes task's sizes and colours, one shape, its centre at least 8 % of the width
 away from the middle) gets three questions in a shuffled multi-turn chat: "Is the shape in the left

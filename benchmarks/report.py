@@ -109,7 +109,7 @@ def targets(s: Settings, r: dict[str, Any], f: dict[str, Any]) -> list[dict[str,
     def t(name: str, value: float | None, goal: str, ok: bool | None) -> dict[str, Any]:
         return {"target": name, "value": value, "goal": goal, "met": ok}
 
-    # Issue 14's targets (2B shape, this machine kind, ratios from one run).
+    # The targets at the 2B shape on this machine kind (ratios from one run).
     out = []
     rss = _get(r, "build", "peak_rss_bytes")
     out.append(t("build peak RSS (GiB)", rss and rss / GIB, "<= 12", None if rss is None else rss / GIB <= 12))

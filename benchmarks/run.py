@@ -42,7 +42,7 @@ PHASES = (
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("BUILDER_QWEN3VL_CACHE", "/work/cache"))
+    return Path(os.environ.get("BUILDER_QWEN3VL_CACHE", Path.home() / ".cache" / "builder_qwen3vl"))
 
 
 def ensure_checkpoint(shape: str, cache: Path) -> Path:
@@ -206,7 +206,7 @@ def run_phase(name: str, s: Settings, resume: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shape", default="2b", choices=("tiny", "2b", "4b"))
-    p.add_argument("--cache", default=None, help="checkpoint cache folder (default $BUILDER_QWEN3VL_CACHE or /work/cache)")
+    p.add_argument("--cache", default=None, help="checkpoint cache folder (default $BUILDER_QWEN3VL_CACHE or ~/.cache/builder_qwen3vl)")
     p.add_argument("--work", default=None, help="scratch folder for bundles and results (default CACHE/bench-SHAPE)")
     p.add_argument("--docs", default=str(ROOT / "docs"), help="where benchmarks.md/.json/.png go")
     p.add_argument("--repeats", type=int, default=5)

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from builder_qwen3vl.bundle.contract import VISION
+from builder_qwen3vl.ground.contract import VISION
 
 OG_OUTPUTS = [t.name for t in VISION.outputs]
 

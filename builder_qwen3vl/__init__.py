@@ -1,7 +1,7 @@
 """Build an onnxruntime-genai bundle (vision, embeddings, decoder, configs) from a Qwen3-VL checkpoint."""
 
 from .build import build
-from .errors import BuildError, InputError
+from .ground.errors import BuildError, InputError
 from .options import BuildOptions
 
 __version__ = "0.1.0"

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .bundle import contract, genai_config
+from .bundle import genai_config
 from .bundle.disk_estimate import estimate_build_bytes
 from .bundle.output_folder import (
     check_free_space,
@@ -27,10 +27,11 @@ from .checkpoint.weights import lm_head_is_table
 from .decoder import decoder_step
 from .decoder.build import isolates_steps, spills_float_decoder
 from .decoder.child_process import run_in_child
-from .logs import heartbeat, quiet_libraries
+from .ground import contract
+from .ground.logs import heartbeat, quiet_libraries
+from .ground.process_state import preserved_process_state
 from .options import BuildOptions
 from .plan import BuildPlan, make_plan
-from .process_state import preserved_process_state
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -18,9 +18,10 @@ import logging
 import sys
 from pathlib import Path
 
-from .errors import BuildError
-from .logs import configure_logging
-from .options import EXECUTION_PROVIDERS, OWN_EXTRA_OPTIONS, PRECISIONS, BuildOptions, parse_extra_options
+from .ground.errors import BuildError
+from .ground.logs import configure_logging
+from .ground.vocab import EXECUTION_PROVIDERS, PRECISIONS
+from .options import OWN_EXTRA_OPTIONS, BuildOptions, parse_extra_options
 
 log = logging.getLogger("builder_qwen3vl")
 

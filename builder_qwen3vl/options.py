@@ -12,17 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .decoder.og_builder import OG_OPTION_DEFAULTS, og_extra_option_keys, translate_int4_aliases
-from .embeddings import EMBEDDINGS_PRECISIONS
-from .errors import InputError
-from .vision.formats import WEIGHT_FORMATS
-
-PRECISIONS = ("fp32", "fp16", "int4")
-EXECUTION_PROVIDERS = ("cpu", "cuda", "dml", "webgpu")
+from .og_options import OG_OPTION_DEFAULTS, og_extra_option_keys, translate_int4_aliases
+from .ground.errors import InputError
+from .ground.vocab import EMBEDDINGS_PRECISIONS, EXECUTION_PROVIDERS, PRECISIONS, VISION_WEIGHT_FORMATS
 
 # Our own keys as --extra_options spells them: the values each accepts (None: an integer, smallest value given).
 OWN_EXTRA_OPTIONS: dict[str, tuple[str, ...] | None] = {
-    "vision_precision": WEIGHT_FORMATS,  # the vision tower's linear weights (docs/vision_encoder.md)
+    "vision_precision": VISION_WEIGHT_FORMATS,  # the vision tower's linear weights (docs/vision_encoder.md)
     "embeddings_precision": EMBEDDINGS_PRECISIONS,  # the embedding table
     # Run-time defaults written into genai_config.json (docs/bundle.md): intra-op threads of each of the
     # three sessions (0: onnxruntime's default, every physical core) and search.max_length.

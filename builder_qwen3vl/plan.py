@@ -1,8 +1,8 @@
 """BuildPlan: every choice of one build, resolved once from the checkpoint and the options.
 
 The three exporters and the config writer read the plan instead of deciding for themselves, and each
-output is checked against it (``check_decoder``; embeddings and vision take their widths and dtypes
-from it). Names as in docs/architecture.md: D DeepStack blocks, H text hidden size, W = (1 + D) * H the
+output is checked against it (the decoder by ``decoder.build``; embeddings and vision take their widths and
+dtypes from it). Names as in docs/architecture.md: D DeepStack blocks, H text hidden size, W = (1 + D) * H the
 width of ``image_features`` and ``inputs_embeds``.
 """
 
@@ -11,14 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .decoder.og_builder import og_io_dtype
-from .errors import InputError
+from .og_options import og_io_dtype
+from .ground.errors import InputError
+from .ground.vocab import DYNAMIC_FORMATS
 from .options import BuildOptions
-from .vision.formats import resolve_vision_format
 
 if TYPE_CHECKING:
     from .checkpoint.config import Qwen3VLConfig
-    from .decoder import DecoderBuild
 
 # og sizes the shared KV buffer by search.max_length at every generator: context_length (262,144) would be
 # 60 GB of float32 KV for 2B. 8,192 positions: 1.75 GiB for 2B, 2.25 GiB for 4B and 8B (229,376 and 294,912
@@ -51,12 +50,28 @@ class BuildPlan:
         """W = (1 + D) * H: the width of image_features and inputs_embeds."""
         return (1 + self.num_deepstack) * self.hidden_size
 
-    def check_decoder(self, build: DecoderBuild) -> None:
-        """The og builder's graph must match the plan the other exporters follow."""
-        got = (build.num_deepstack, build.hidden_size, build.stream_width, build.io_dtype, build.num_layers)
-        want = (self.num_deepstack, self.hidden_size, self.stream_width, self.io_dtype, self.num_layers)
-        if got != want:
-            raise RuntimeError(f"og builder: decoder has (D, H, W, io dtype, layers) = {got}, the build plan says {want}")
+
+
+# -p int4 in an fp32 graph (CPU): dynamic int8 was the fastest measured vision format at the 2B shape
+# with cosine 0.9995 to HF fp32 (docs/benchmarks.md has the table). A float16 bundle (og's io dtype for
+# int4 on CUDA, DML, WebGPU) cannot run dynamic quantization, so it keeps int8 MatMulNBits.
+DEFAULT_WEIGHTS = {"fp32": "fp32", "fp16": "fp16", "int4": "qint8"}
+DEFAULT_WEIGHTS_FP16_GRAPH = {"fp32": "fp16", "fp16": "fp16", "int4": "int8"}
+
+
+def resolve_vision_format(precision: str, io_dtype: str, asked: str | None, where: str) -> str:
+    """The weight format of vision_encoder.onnx in a bundle whose io dtype is ``io_dtype`` ("float32" | "float16").
+
+    The graph itself computes in the io dtype (image_features feed embeddings.onnx in that dtype).
+    """
+    fp16_graph = io_dtype == "float16"
+    weights = asked or (DEFAULT_WEIGHTS_FP16_GRAPH if fp16_graph else DEFAULT_WEIGHTS)[precision]
+    if fp16_graph and weights in DYNAMIC_FORMATS:
+        raise InputError(f"--extra_options vision_precision={weights}: needs a float32 bundle (-p fp32, or -p int4 -e cpu); "
+                         f"{where} gives float16")
+    if fp16_graph and weights == "fp32":
+        weights = "fp16"  # an fp16 graph cannot hold fp32 weights
+    return weights
 
 
 def resolve_max_length(asked: int | None, cfg: Qwen3VLConfig) -> int:

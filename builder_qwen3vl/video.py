@@ -1,4 +1,4 @@
-"""``builder_qwen3vl.video`` is where video support was first published; it lives in ``runtime/video.py`` now."""
+"""The published import path of video support: what ``runtime/video.py`` defines."""
 
 from .runtime.video import *  # noqa: F401,F403
-from .runtime.video_settings import ImageSettings, VideoSettings  # noqa: F401
+from .ground.video_settings import ImageSettings, VideoSettings  # noqa: F401

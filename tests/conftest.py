@@ -11,6 +11,9 @@ from stub_tokenizer import write_stub_tokenizer
 
 from builder_qwen3vl.testing.checkpoints import tiny_config, write_checkpoint
 
+# The end-to-end parity fixtures (session-scoped: two test files share their bundles).
+pytest_plugins = ["e2e_fixtures"]
+
 # The tiny model's training and evaluation are not in the wheel: tests import them as tiny_model from tools/.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 

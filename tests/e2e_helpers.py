@@ -14,7 +14,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from builder_qwen3vl.runtime.og_run import greedy
-from builder_qwen3vl.runtime.tokens import IMAGE_TOKEN_ID
+from builder_qwen3vl.ground.tokens import IMAGE_TOKEN_ID
 
 MERGE_SIZE = 2
 

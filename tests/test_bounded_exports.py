@@ -1,4 +1,4 @@
-"""The bounded-memory exporters (issue 23) write the same bytes as before.
+"""The bounded-memory exporters write the same bytes as the whole-model ones.
 
 The vision export keeps its weights out of memory (placeholders in the ONNX graph, real bytes on disk, one tensor
 at a time: vision/placeholders.py), the embeddings step reads, converts and quantizes the table a block of rows at
@@ -179,7 +179,8 @@ def test_placeholder_model_saves_as_onnx_would(tmp_path: Path, monkeypatch: pyte
 def test_table_row_blocks_give_the_bytes_of_one_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """int4 codes and zero points are packed two to a byte: row blocks must not shift them (odd vocabulary, an odd
     number of quantization blocks per row)."""
-    from builder_qwen3vl.embeddings import export_embeddings, table
+    from builder_qwen3vl.embeddings import table
+    from builder_qwen3vl.embeddings.export import export_embeddings
 
     weights = torch.randn(1001, 96, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
     cases = [("int4", {"is_symmetric": False}), ("int4", {"io_dtype": "float16"}), ("fp16", {}), ("fp32", {})]

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from builder_qwen3vl.checkpoint.reader import read_checkpoint
 from builder_qwen3vl.checkpoint.config import Qwen3VLConfig
-from builder_qwen3vl.errors import InputError
+from builder_qwen3vl.ground.errors import InputError
 from builder_qwen3vl.testing.checkpoints import reference_config, tiny_config, to_5x_format, write_checkpoint
 
 from stub_tokenizer import write_stub_tokenizer

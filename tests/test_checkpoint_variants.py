@@ -18,7 +18,7 @@ from builder_qwen3vl import build
 from builder_qwen3vl.runtime.og_run import load_model
 from builder_qwen3vl.options import BuildOptions
 from builder_qwen3vl.testing.checkpoints import tiny_config, write_checkpoint
-from builder_qwen3vl.runtime.tokens import IMAGE_TOKEN_ID
+from builder_qwen3vl.ground.tokens import IMAGE_TOKEN_ID
 from compare import load_hf_model, max_abs_diff
 from e2e_helpers import (
     chat_prompt,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from builder_qwen3vl.cli import main
-from builder_qwen3vl.errors import InputError
+from builder_qwen3vl.ground.errors import InputError
 from builder_qwen3vl.options import BuildOptions, known_extra_options, parse_extra_options
 
 
@@ -95,7 +95,7 @@ def test_no_staging_folder_left_after_failure(small_ckpt: Path, tmp_path: Path, 
     import importlib
 
     build_module = importlib.import_module("builder_qwen3vl.build")
-    from builder_qwen3vl.errors import BuildError
+    from builder_qwen3vl.ground.errors import BuildError
 
     def boom(*args, **kwargs):
         raise BuildError("simulated exporter failure")
@@ -112,7 +112,7 @@ def test_decoder_step_in_child_process(tmp_path: Path, monkeypatch) -> None:
     import importlib
 
     from builder_qwen3vl import BuildOptions, build
-    from builder_qwen3vl.errors import InputError
+    from builder_qwen3vl.ground.errors import InputError
     from builder_qwen3vl.testing.checkpoints import tiny_config, write_checkpoint
 
     decoder_build = importlib.import_module("builder_qwen3vl.decoder.build")

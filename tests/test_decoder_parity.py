@@ -16,8 +16,8 @@ import onnx
 import pytest
 
 from builder_qwen3vl.decoder import build as dec
-from builder_qwen3vl.decoder import og_builder
-from builder_qwen3vl.errors import InputError
+from builder_qwen3vl import og_options
+from builder_qwen3vl.ground.errors import InputError
 from builder_qwen3vl.options import BuildOptions
 from compare import cosine_and_top1, max_abs_diff
 from compare import load_hf_model as load_hf
@@ -139,9 +139,9 @@ def test_spilling_is_skipped_where_the_quantizer_cannot_read_spilled_weights(ckp
 
 
 def test_int4_aliases_translate_and_reject_conflicts() -> None:
-    assert og_builder.translate_int4_aliases({"int4_block_size": "64", "fuse_qkv": "false"}) == {"block_size": "64", "fuse_qkv": "false"}
+    assert og_options.translate_int4_aliases({"int4_block_size": "64", "fuse_qkv": "false"}) == {"block_size": "64", "fuse_qkv": "false"}
     with pytest.raises(ValueError, match="int4_block_size=64 conflicts with block_size=128"):
-        og_builder.translate_int4_aliases({"int4_block_size": "64", "block_size": "128"})
+        og_options.translate_int4_aliases({"int4_block_size": "64", "block_size": "128"})
 
 
 def test_build_decoder_rejects_exclude_embeds_false(ckpt, tmp_path: Path) -> None:
@@ -150,7 +150,7 @@ def test_build_decoder_rejects_exclude_embeds_false(ckpt, tmp_path: Path) -> Non
 
 
 def test_og_extra_option_keys_read_from_og_source() -> None:
-    keys = set(og_builder.og_extra_option_keys())
+    keys = set(og_options.og_extra_option_keys())
     for key in ("block_size", "accuracy_level", "algo_config", "nodes_to_exclude", "is_symmetric", "exclude_embeds",
                 "int4_block_size", "int4_accuracy_level", "int4_algo_config", "int4_nodes_to_exclude"):
         assert key in keys, key

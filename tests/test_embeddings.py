@@ -10,9 +10,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from builder_qwen3vl.bundle import contract
-from builder_qwen3vl.embeddings import export_embeddings
-from builder_qwen3vl.runtime.tokens import IMAGE_TOKEN_ID
+from builder_qwen3vl.ground import contract
+from builder_qwen3vl.embeddings.export import export_embeddings
+from builder_qwen3vl.ground.tokens import IMAGE_TOKEN_ID
 from quant_bounds import rtn_error_bound
 from text_helpers import text_test_config
 

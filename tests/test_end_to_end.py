@@ -12,11 +12,8 @@ repeats the last prompt token forever, which would make the token comparison wea
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -24,20 +21,14 @@ import onnxruntime_genai as og
 import pytest
 from PIL import Image
 
-from builder_qwen3vl import build
-from builder_qwen3vl.options import BuildOptions
 from builder_qwen3vl.runtime.resize import hf_grid, resize_for_og
-from builder_qwen3vl.testing.checkpoints import tiny_config, write_checkpoint
-from builder_qwen3vl.runtime.tokens import IMAGE_TAG, IMAGE_TOKEN_ID
-from compare import cosine_and_top1, load_hf_model, max_abs_diff
+from builder_qwen3vl.ground.tokens import IMAGE_TOKEN_ID
+from compare import cosine_and_top1, max_abs_diff
 from e2e_helpers import (
-    HfInputs,
     chat_prompt,
     hf_generate,
     hf_inputs,
     hf_prefill_logits,
-    load_hf_image_processor,
-    load_hf_tokenizer,
     og_generate,
     og_numpy,
     og_process,
@@ -45,102 +36,17 @@ from e2e_helpers import (
     structured_image,
 )
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-LOGITS_TOL = 1e-4  # fp32 bundle vs HF fp32, max|logit diff| over all prompt positions and decode steps
-NEAR_TIE = 1e-4  # a greedy step whose top-2 logits are closer than this cannot be compared across runtimes
-MAX_NEW_TOKENS = 20
-USER_TEXT = "Describe the picture."
-
-# (width, height) per image; seeds differ per image so two images of one size still differ.
-CASES = {
-    "one_image": [(300, 200)],
-    "two_same_size": [(300, 200), (300, 200)],
-    "two_sizes": [(300, 200), (256, 384)],
-    "text_only": [],
-}
-
-
-# ---------------------------------------------------------------- fixtures (built once per module)
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_checkpoint(tmp_path_factory.mktemp("e2e_ckpt"), tiny_config(tie_word_embeddings=False))
-
-
-def _build(ckpt: Path, folder: Path, precision: str, apply_deepstack: bool = True, **extra: str) -> Path:
-    return build(BuildOptions(input=ckpt, output=folder / "bundle", precision=precision, extra_options=extra,
-                              apply_deepstack=apply_deepstack))
-
-
-@pytest.fixture(scope="module")
-def fp32_bundle(ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _build(ckpt, tmp_path_factory.mktemp("fp32"), "fp32")
-
-
-@pytest.fixture(scope="module")
-def og_fp32(fp32_bundle: Path) -> og.Model:
-    """The default fp32 bundle: prefill computes the lm_head for the last position only (prune_lm_head)."""
-    return og.Model(str(fp32_bundle))
-
-
-@pytest.fixture(scope="module")
-def og_fp32_full(ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> og.Model:
-    """The same bundle with logits for every prompt position (prune_lm_head=false): full-prefill parity."""
-    return og.Model(str(_build(ckpt, tmp_path_factory.mktemp("fp32_full"), "fp32", prune_lm_head="false")))
-
-
-@pytest.fixture(scope="module")
-def hf(ckpt: Path) -> SimpleNamespace:
-    return SimpleNamespace(
-        model=load_hf_model(ckpt), tokenizer=load_hf_tokenizer(ckpt), image_processor=load_hf_image_processor(ckpt)
-    )
-
-
-@pytest.fixture(scope="module")
-def image_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("images")
-
-
-class Case(SimpleNamespace):
-    prompt: str
-    images: list[Image.Image]
-    paths: list[str]
-    hf_inputs: HfInputs
-
-
-@pytest.fixture(scope="module")
-def cases(hf: SimpleNamespace, image_dir: Path) -> dict[str, Case]:
-    out = {}
-    for name, sizes in CASES.items():
-        images = [structured_image(w, h, seed=i + 7) for i, (w, h) in enumerate(sizes)]
-        prompt = chat_prompt(hf.tokenizer, len(images), USER_TEXT)
-        out[name] = Case(
-            prompt=prompt, images=images, paths=save_images(image_dir, images, name),
-            hf_inputs=hf_inputs(hf.tokenizer, hf.image_processor, prompt, images),
-        )
-    return out
-
-
-@pytest.fixture(scope="module")
-def hf_one_image_logits(hf: SimpleNamespace, cases: dict[str, Case]) -> np.ndarray:
-    return hf_prefill_logits(hf.model, cases["one_image"].hf_inputs)
-
-
-def _decode_logits_diff(ref, got) -> float:
-    """max|logit diff| over the greedy steps both runs share (row i chose token i)."""
-    steps = min(len(ref.tokens), len(got.tokens))
-    return max_abs_diff(ref.step_logits[:steps], got.step_logits[:steps])
-
-
-def _comparable_rows(ref, got) -> tuple[np.ndarray, np.ndarray]:
-    """The step-logit rows of both runs up to the first differing token (row i is conditioned on tokens < i)."""
-    n = min(len(ref.tokens), len(got.tokens))
-    same = next((i for i in range(n) if ref.tokens[i] != got.tokens[i]), n - 1) + 1
-    return ref.step_logits[:same], got.step_logits[:same]
-
-
-def _og_prefill_logits(model: og.Model, case: Case) -> np.ndarray:
-    return og_generate(model, og_process(model, case.prompt, case.paths), max_new_tokens=1).prefill_logits
+from e2e_fixtures import (
+    CASES,
+    LOGITS_TOL,
+    MAX_NEW_TOKENS,
+    NEAR_TIE,
+    USER_TEXT,
+    build_bundle,
+    comparable_rows,
+    decode_logits_diff,
+    og_prefill_logits,
+)
 
 
 # ---------------------------------------------------------------- 1. processors
@@ -177,7 +83,7 @@ def test_fp32_greedy_and_prefill_logits_match_hf(case_name, og_fp32_full, hf, ca
     diff = max_abs_diff(ref_logits, got.prefill_logits)
     is_image = case.hf_inputs.input_ids[0].numpy() == IMAGE_TOKEN_ID
     image_rows = f"{max_abs_diff(ref_logits[:, is_image], got.prefill_logits[:, is_image]):.2e}" if is_image.any() else "-"
-    decode_diff = _decode_logits_diff(ref, got)
+    decode_diff = decode_logits_diff(ref, got)
     print(f"{case_name}: prompt {case.hf_inputs.input_ids.shape[1]} tokens, prefill max|logit diff| {diff:.2e} "
           f"(image rows {image_rows}; max|logit| {np.abs(ref_logits).max():.1f}), decode steps max|logit diff| "
           f"{decode_diff:.2e}, smallest HF top-2 margin {ref.min_margin:.2e}")
@@ -199,17 +105,17 @@ def test_pruned_default_greedy_matches_hf_and_full_logits(case_name, og_fp32, og
     assert pruned.prefill_logits.shape == (1, 1, full.prefill_logits.shape[-1])
     assert full.prefill_logits.shape[1] == prompt_len
     last_row = max_abs_diff(pruned.prefill_logits[:, -1], full.prefill_logits[:, -1])
-    print(f"{case_name}: pruned vs full last prefill row max|diff| {last_row:.2e}, decode {_decode_logits_diff(full, pruned):.2e}")
+    print(f"{case_name}: pruned vs full last prefill row max|diff| {last_row:.2e}, decode {decode_logits_diff(full, pruned):.2e}")
     assert last_row <= LOGITS_TOL  # the same MatMul on one row instead of all (measured: 0 or float rounding)
     assert pruned.tokens == full.tokens == ref.tokens
-    assert _decode_logits_diff(ref, pruned) <= LOGITS_TOL
+    assert decode_logits_diff(ref, pruned) <= LOGITS_TOL
 
 
 def test_written_genai_config_carries_the_run_time_defaults_and_pins(fp32_bundle, ckpt, tmp_path) -> None:
     written = json.loads((fp32_bundle / "genai_config.json").read_text())
     assert {written["model"][s]["session_options"]["intra_op_num_threads"] for s in ("decoder", "embedding", "vision")} == {0}
     assert written["search"]["max_length"] == 4096  # the tiny checkpoint's context: below the 8,192 default
-    pinned = _build(ckpt, tmp_path, "fp32", intra_op_num_threads="2", max_length="1024")
+    pinned = build_bundle(ckpt, tmp_path, "fp32", intra_op_num_threads="2", max_length="1024")
     doc = json.loads((pinned / "genai_config.json").read_text())
     assert {doc["model"][s]["session_options"]["intra_op_num_threads"] for s in ("decoder", "embedding", "vision")} == {2}
     assert doc["search"]["max_length"] == 1024
@@ -260,7 +166,7 @@ def test_720x1280_pre_resized_matches_hf(hd_image, og_fp32_full, hf, image_dir) 
     ref_logits = hf_prefill_logits(hf.model, ref_inputs)
     ref = hf_generate(hf.model, ref_inputs, new_tokens)
     diff = max_abs_diff(ref_logits, got.prefill_logits)
-    decode_diff = _decode_logits_diff(ref, got)
+    decode_diff = decode_logits_diff(ref, got)
     print(f"720x1280 pre-resized: grid {got_np['image_grid_thw'].tolist()}, max|pixel diff| {pixel_diff:.2e}, "
           f"prefill max|logit diff| {diff:.2e} over {ref_logits.shape[1]} positions, decode {decode_diff:.2e}, "
           f"HF min margin {ref.min_margin:.2e}")
@@ -274,9 +180,9 @@ def test_720x1280_pre_resized_matches_hf(hd_image, og_fp32_full, hf, image_dir) 
 # ---------------------------------------------------------------- 4. apply_deepstack=False must fail parity
 
 def test_bundle_without_deepstack_fails_parity(ckpt, cases, hf_one_image_logits, tmp_path) -> None:
-    bundle = _build(ckpt, tmp_path, "fp32", apply_deepstack=False, prune_lm_head="false")
+    bundle = build_bundle(ckpt, tmp_path, "fp32", apply_deepstack=False, prune_lm_head="false")
     case = cases["one_image"]
-    got = _og_prefill_logits(og.Model(str(bundle)), case)
+    got = og_prefill_logits(og.Model(str(bundle)), case)
     ids = case.hf_inputs.input_ids[0].numpy()
     first_image = int(np.argmax(ids == IMAGE_TOKEN_ID))
     before = max_abs_diff(hf_one_image_logits[:, :first_image], got[:, :first_image])
@@ -289,7 +195,7 @@ def test_bundle_without_deepstack_fails_parity(ckpt, cases, hf_one_image_logits,
 # ---------------------------------------------------------------- 5. int4
 
 def test_int4_bundle_generates_and_tracks_hf(ckpt, cases, hf, tmp_path) -> None:
-    bundle = _build(ckpt, tmp_path, "int4")
+    bundle = build_bundle(ckpt, tmp_path, "int4")
     # Untied checkpoint: embeddings.onnx keeps its own int4 table (tests/test_shared_table.py covers tied ones).
     locations = {e.value for t in onnx.load(str(bundle / "embeddings.onnx"), load_external_data=False).graph.initializer
                  for e in t.external_data if e.key == "location"}
@@ -300,7 +206,7 @@ def test_int4_bundle_generates_and_tracks_hf(ckpt, cases, hf, tmp_path) -> None:
     case = cases["one_image"]
     got = og_generate(model, og_process(model, case.prompt, case.paths), MAX_NEW_TOKENS)
     ref = hf_generate(hf.model, case.hf_inputs, MAX_NEW_TOKENS)
-    ref_rows, got_rows = _comparable_rows(ref, got)
+    ref_rows, got_rows = comparable_rows(ref, got)
     cos, top1 = cosine_and_top1(ref_rows, got_rows)
     same = sum(a == b for a, b in zip(got.tokens, ref.tokens))
     print(f"int4 bundle vs HF fp32, {len(ref_rows)} step-logit rows up to the first differing token: mean cosine "
@@ -310,84 +216,3 @@ def test_int4_bundle_generates_and_tracks_hf(ckpt, cases, hf, tmp_path) -> None:
     # Random Gaussian weights quantize badly at block size 32 (no outliers to protect, tiny rows);
     # this bound only catches a broken graph (wrong columns, no image), not quantization quality.
     assert cos > 0.8
-
-
-# ---------------------------------------------------------------- 6. fp16 on the CPU
-
-@pytest.fixture(scope="module")
-def fp16_bundle(ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _build(ckpt, tmp_path_factory.mktemp("fp16"), "fp16")
-
-
-def _check_fp16_against_hf(model: og.Model, case: Case, hf, label: str) -> None:
-    got = og_generate(model, og_process(model, case.prompt, case.paths), 5)
-    ref = hf_generate(hf.model, case.hf_inputs, 5)
-    ref_rows, got_rows = _comparable_rows(ref, got)
-    cos, top1 = cosine_and_top1(ref_rows, got_rows)
-    print(f"{label}: {len(ref_rows)} step-logit rows, mean cosine {cos:.5f}, top-1 {top1:.3f}, "
-          f"max|logit diff| {max_abs_diff(ref_rows, got_rows):.3f}; tokens {got.tokens} vs HF {ref.tokens}")
-    assert len(got.tokens) == 5
-    assert cos > 0.999  # fp16 weights + activations on O(1) random weights; a broken graph gives < 0.9
-
-
-def test_fp16_bundle_generates_through_og(fp16_bundle, cases, hf) -> None:
-    _check_fp16_against_hf(og.Model(str(fp16_bundle)), cases["one_image"], hf, "fp16 bundle")
-
-
-def test_fp16_decoder_has_no_repeat_kv_shape_labels(fp16_bundle) -> None:
-    """og's fp16 CPU decoder (MultiHeadAttention + repeat_kv) mislabels the KV length of its repeat_kv
-    tensors as 'sequence_length'; onnxruntime 1.31 then reuses a prefill-sized buffer at the first decode
-    step. build_decoder drops those value_info entries; the test above proves generation then works."""
-    model = onnx.load(str(fp16_bundle / "model.onnx"), load_external_data=False)
-    assert any("/repeat_kv/" in n.name for n in model.graph.node), "og's fp16 CPU graph changed; revisit the workaround"
-    assert not [v.name for v in model.graph.value_info if "/repeat_kv/" in v.name]
-
-
-# ---------------------------------------------------------------- 7. upstream example flows
-
-def test_og_model_mm_example_flow_matches_hf(fp32_bundle, hf, cases) -> None:
-    """The calls og's examples/python/model-mm.py makes, in its order, for a CPU run with one image."""
-    case = cases["one_image"]
-    system = "You are a helpful AI assistant."
-    messages = [{"role": "system", "content": system}, {"role": "user", "content": IMAGE_TAG + USER_TEXT}]
-    hf_prompt = hf.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    ref_inputs = hf_inputs(hf.tokenizer, hf.image_processor, hf_prompt, case.images)
-    ref = hf_generate(hf.model, ref_inputs, MAX_NEW_TOKENS)
-
-    config = og.Config(str(fp32_bundle))
-    config.clear_providers()  # model-mm.py's get_config for "-e cpu"
-    config.overlay(json.dumps({"search": {}}))
-    model = og.Model(config)
-    tokenizer = og.Tokenizer(model)
-    stream = tokenizer.create_stream()
-    processor = model.create_multimodal_processor()
-    params = og.GeneratorParams(model)
-    # model-mm.py passes the CLI's search options; these are the greedy ones (the bundle's default samples).
-    params.set_search_options(batch_size=1, do_sample=False, max_length=ref_inputs.input_ids.shape[1] + MAX_NEW_TOKENS)
-    generator = og.Generator(model, params)
-    prompt = tokenizer.apply_chat_template(messages=json.dumps(messages), add_generation_prompt=True)
-    assert prompt == hf_prompt
-    inputs = processor(prompt, images=og.Images.open(*case.paths))
-    generator.set_inputs(inputs)
-    tokens, pieces = [], []
-    while not generator.is_done():
-        generator.generate_next_token()
-        new_token = generator.get_next_tokens()[0]
-        tokens.append(int(new_token))
-        pieces.append(stream.decode(new_token))
-    print(f"model-mm.py flow: {len(tokens)} tokens, text {''.join(pieces)!r}")
-    assert tokens == ref.tokens
-    assert "".join(pieces) == hf.tokenizer.decode(ref.tokens)
-
-
-def test_chat_example_main_smoke(fp32_bundle, hf, cases) -> None:
-    """examples/chat.py end to end (its exact-grid pre-resize on: 300x200 becomes 320x224) vs HF on the original."""
-    case = cases["one_image"]
-    new_tokens = 6
-    proc = subprocess.run([sys.executable, str(EXAMPLES / "chat.py"), "-m", str(fp32_bundle), "--image", case.paths[0],
-                           "--prompt", USER_TEXT, "--max-new-tokens", str(new_tokens)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    printed = proc.stdout
-    ref = hf_generate(hf.model, case.hf_inputs, new_tokens)
-    print(f"chat.py printed {printed!r}")
-    assert printed == hf.tokenizer.decode(ref.tokens) + "\n"

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from builder_qwen3vl.checkpoint.config import Qwen3VLConfig
 from builder_qwen3vl.checkpoint.reader import expected_count, expected_tensors, read_checkpoint
 from builder_qwen3vl.checkpoint.safetensors_index import read_header
-from builder_qwen3vl.errors import InputError
+from builder_qwen3vl.ground.errors import InputError
 from builder_qwen3vl.testing.checkpoints import tiny_config
 from builder_qwen3vl.testing.moe_checkpoints import tiny_moe_config
 

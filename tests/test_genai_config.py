@@ -9,7 +9,7 @@ import pytest
 
 from builder_qwen3vl.checkpoint.reader import read_checkpoint
 from builder_qwen3vl.checkpoint.config import Qwen3VLConfig
-from builder_qwen3vl.errors import InputError
+from builder_qwen3vl.ground.errors import InputError
 from builder_qwen3vl.bundle.genai_config import make_genai_config, make_processor_config, write_json
 from builder_qwen3vl.options import BuildOptions, parse_extra_options
 from builder_qwen3vl.plan import DEFAULT_INTRA_OP_NUM_THREADS, DEFAULT_MAX_LENGTH, make_plan, resolve_max_length

@@ -20,10 +20,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from builder_qwen3vl.bundle.paths import BundlePathError, bundle_file, check_bundle_paths, external_data_locations
+from builder_qwen3vl.ground.bundle_paths import BundlePathError, bundle_file, check_bundle_paths, external_data_locations
 from builder_qwen3vl.cli import main
 from builder_qwen3vl.runtime.og_run import load_model, resize_settings
-from builder_qwen3vl.runtime.video_settings import ImageSettings, VideoSettings
+from builder_qwen3vl.ground.video_settings import ImageSettings, VideoSettings
 from builder_qwen3vl.verify import verify_bundle
 
 CHAT = Path(__file__).resolve().parents[1] / "examples" / "chat.py"
@@ -252,3 +252,36 @@ def test_external_data_locations_everywhere_a_tensor_lives(tmp_path: Path) -> No
     assert external_data_locations(tmp_path / "m.onnx") == {"branch.data", "sparse.data", "const.data", "../w.data"}
     (tmp_path / "broken.onnx").write_bytes((tmp_path / "m.onnx").read_bytes()[:40])
     assert isinstance(external_data_locations(tmp_path / "broken.onnx"), set)  # damaged: no exception
+
+
+def hub_cache_snapshot(src: Path, repo: Path, revision: str = "0123abcd") -> Path:
+    """``src`` laid out as the Hugging Face hub cache lays out a download: every file a blob under ``repo/blobs``,
+    linked relatively from ``repo/snapshots/<revision>/``."""
+    import hashlib
+
+    snapshot = repo / "snapshots" / revision
+    (repo / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for item in sorted(src.iterdir()):
+        digest = hashlib.sha256(item.read_bytes()).hexdigest()
+        shutil.copy2(item, repo / "blobs" / digest)
+        (snapshot / item.name).symlink_to(Path("..", "..", "blobs", digest))
+    return snapshot
+
+
+def test_a_hub_cache_snapshot_bundle_is_inside(tmp_path: Path, shipped_fp32_bundle: Path) -> None:
+    """The rule a checkpoint follows holds for a bundle: a snapshot's own blobs count as inside."""
+    snapshot = hub_cache_snapshot(shipped_fp32_bundle, tmp_path / "models--org--bundle")
+    check_bundle_paths(snapshot)
+    report = verify_bundle(snapshot, run=False)
+    assert report.ok, report.lines()
+    assert load_model(snapshot) is not None
+
+
+def test_a_snapshot_linking_into_another_repository_fails(tmp_path: Path, shipped_fp32_bundle: Path) -> None:
+    snapshot = hub_cache_snapshot(shipped_fp32_bundle, tmp_path / "models--org--bundle")
+    other = hub_cache_snapshot(shipped_fp32_bundle, tmp_path / "models--org--other")
+    (snapshot / "tokenizer.json").unlink()
+    (snapshot / "tokenizer.json").symlink_to(os.path.relpath(other / "tokenizer.json", snapshot))
+    with pytest.raises(BundlePathError, match="tokenizer.json is a symlink that resolves to .*outside the bundle folder"):
+        check_bundle_paths(snapshot)

@@ -19,7 +19,7 @@ import pytest
 from test_bad_input import OUT, assert_no_leftovers, run_cli, the_error_line
 
 from builder_qwen3vl.checkpoint.safetensors_index import read_header
-from builder_qwen3vl.errors import InputError
+from builder_qwen3vl.ground.errors import InputError
 
 WEIGHTS = "model.safetensors"
 OFFSET_RULE = "expected the tensors' data_offsets, in offset order, to cover the data section back to back from byte 0"

@@ -18,7 +18,7 @@ from test_bad_input import OUT, assert_no_leftovers, run_cli, the_error_line
 
 from builder_qwen3vl.checkpoint.paths import inside_checkpoint
 from builder_qwen3vl.checkpoint.reader import read_checkpoint
-from builder_qwen3vl.errors import InputError
+from builder_qwen3vl.ground.errors import InputError
 
 SECRET = b"OUTSIDE-THE-CHECKPOINT-7f3a9c"
 

@@ -1,4 +1,4 @@
-"""Issue 23: model.onnx built from the checkpoint a module at a time, int4 MatMuls quantized as they are written.
+"""model.onnx built from the checkpoint a module at a time, int4 MatMuls quantized as they are written.
 
 - The bytes are og's: each tiny checkpoint (dense tied / untied, sharded, fp16-stored, 5.x config; MoE with the
   ambiguous released expert layout) at fp32, fp16 and int4 (and int4 settings) gives the very model.onnx and
@@ -37,7 +37,7 @@ def _dense_untied(folder: Path) -> Path:
 
 
 def _moe(folder: Path) -> Path:
-    # H == 2I: transformers cannot orient the released gate_up_proj from its shape (moe_experts.py); layer 1 dense.
+    # H == 2I: transformers cannot orient the released gate_up_proj from its shape (checkpoint/moe_layout.py); layer 1 dense.
     cfg = tiny_moe_config(vocab_size=VOCAB, num_hidden_layers=4, vision_depth=4, deepstack_visual_indexes=(0, 1, 2),
                           num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32, mlp_only_layers=(1,))
     return write_moe_checkpoint(folder, cfg, expert_layout="released")
@@ -125,7 +125,8 @@ def test_spill_fallback_writes_ogs_bytes(ckpts, tmp_path: Path, monkeypatch) -> 
 def test_parameters_are_those_from_pretrained_loads(ckpts, case: str) -> None:
     from transformers import Qwen3VLForConditionalGeneration, Qwen3VLMoeForConditionalGeneration
 
-    from builder_qwen3vl.decoder.moe_experts import fix_ambiguous_experts, read_expert_layouts
+    from builder_qwen3vl.checkpoint.moe_layout import read_expert_layouts
+    from builder_qwen3vl.decoder.moe_experts import fix_ambiguous_experts
     from builder_qwen3vl.decoder.moe_model import expert_orientation
 
     folder = ckpts[case]

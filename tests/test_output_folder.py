@@ -120,7 +120,7 @@ def test_overwrite_replaces_an_earlier_bundle(small_ckpt: Path, tmp_path: Path, 
 
 
 def test_failed_build_keeps_the_earlier_bundle(small_ckpt: Path, tmp_path: Path, capsys, monkeypatch) -> None:
-    from builder_qwen3vl.errors import BuildError
+    from builder_qwen3vl.ground.errors import BuildError
 
     build_module = importlib.import_module("builder_qwen3vl.build")
 

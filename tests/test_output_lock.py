@@ -199,7 +199,7 @@ def _write_and_check_lock(ckpt, plan, options, out: Path) -> None:
 
 
 def _fail(ckpt, plan, options, out: Path) -> None:
-    from builder_qwen3vl.errors import BuildError
+    from builder_qwen3vl.ground.errors import BuildError
 
     raise BuildError("simulated exporter failure")
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from builder_qwen3vl import BuildOptions, InputError, build
-from builder_qwen3vl.logs import configure_logging
-from builder_qwen3vl.process_state import differences, snapshot
+from builder_qwen3vl.ground.logs import configure_logging
+from builder_qwen3vl.ground.process_state import differences, snapshot
 
 RESULT = "RESULT "
 # The command line sets these for its own process (tests call its main() in this process): an application
@@ -31,7 +31,7 @@ CALLS = textwrap.dedent('''
     import json, sys
     from pathlib import Path
     from builder_qwen3vl import BuildOptions, InputError, build
-    from builder_qwen3vl.process_state import differences, snapshot
+    from builder_qwen3vl.ground.process_state import differences, snapshot
     from builder_qwen3vl.verify import verify_bundle
 
     ckpt, out = Path(sys.argv[1]), Path(sys.argv[2])
@@ -71,7 +71,7 @@ CALLS = textwrap.dedent('''
 REFERENCE = textwrap.dedent('''
     import importlib, json, sys
     import builder_qwen3vl, builder_qwen3vl.verify
-    from builder_qwen3vl.process_state import snapshot
+    from builder_qwen3vl.ground.process_state import snapshot
 
     first = snapshot()
     for name in json.loads(sys.stdin.read()):

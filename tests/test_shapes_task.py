@@ -48,7 +48,7 @@ def encoder(tmp_path_factory: pytest.TempPathFactory):
     """The training encoder (real tokenizer and chat template, HF's PIL image processor)."""
     from tiny_model.encoding import Encoder
 
-    from builder_qwen3vl.testing.tokenizer import write_tokenizer
+    from builder_qwen3vl.shipped.tokenizer import write_tokenizer
 
     folder = tmp_path_factory.mktemp("tokenizer")
     write_tokenizer(folder)

@@ -15,7 +15,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from builder_qwen3vl.embeddings import export_embeddings
+from builder_qwen3vl.embeddings.export import export_embeddings
 from builder_qwen3vl.embeddings.shared_table import find_shared_int4_table
 from quant_bounds import rtn_error_bound
 

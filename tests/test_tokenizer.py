@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from builder_qwen3vl.testing import tokenizer as qt
+from builder_qwen3vl.shipped import tokenizer as qt
 
 # Ids of the released Qwen2/2.5/3/3-VL tokenizer (same vocabulary in all of them).
 KNOWN_ENCODINGS = {

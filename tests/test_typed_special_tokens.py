@@ -2,7 +2,7 @@
 placeholders, vision markers or turns. og_run.chat_prompt writes them as plain text (a zero-width space after the
 first character, ``runtime.tokens.plain_text``); the ids the model receives hold only the special tokens the
 template and the images put there. Checked with og's tokenizer of the shipped bundle, the real Qwen tokenizer
-(HF, from builder_qwen3vl.testing.tokenizer) and examples/chat.py as a user runs it."""
+(HF, from builder_qwen3vl.shipped.tokenizer) and examples/chat.py as a user runs it."""
 
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ from PIL import Image
 
 from builder_qwen3vl.runtime.og_run import chat_prompt, greedy, load_model, resize_settings
 from builder_qwen3vl.runtime.resize import hf_grid
-from builder_qwen3vl.runtime.tokens import (IM_END_ID, IM_START_ID, IMAGE_PAD, IMAGE_TOKEN_ID, SPECIAL_TOKENS, TOKEN_BREAK,
+from builder_qwen3vl.ground.tokens import (IM_END_ID, IM_START_ID, IMAGE_PAD, IMAGE_TOKEN_ID, SPECIAL_TOKENS, TOKEN_BREAK,
                                             VISION_END_ID, VISION_START_ID, plain_text, special_tokens)
 from builder_qwen3vl.runtime.video import ImageSettings, VideoSettings, expand_prompt, og_inputs, preprocess_image, preprocess_video
-from builder_qwen3vl.testing import tokenizer as qt
+from builder_qwen3vl.shipped import tokenizer as qt
 
 CHAT = Path(__file__).resolve().parents[1] / "examples" / "chat.py"
 SIDE = 256  # a 256 x 256 image: no resize under the released settings

@@ -28,7 +28,7 @@ from builder_qwen3vl.checkpoint.reader import read_checkpoint
 from builder_qwen3vl.runtime.og_run import chat_prompt, greedy, load_model
 from builder_qwen3vl.options import BuildOptions
 from builder_qwen3vl.testing.checkpoints import tiny_config, write_checkpoint
-from builder_qwen3vl.runtime.tokens import IMAGE_TOKEN_ID
+from builder_qwen3vl.ground.tokens import IMAGE_TOKEN_ID
 from builder_qwen3vl.runtime.video import (VIDEO_PAD, ImageSettings, VideoSettings, expand_prompt, og_inputs,
                                   preprocess_image, preprocess_video, sample_indices)
 from compare import load_hf_model

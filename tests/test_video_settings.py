@@ -24,7 +24,7 @@ from transformers.models.qwen3_vl.video_processing_qwen3_vl import smart_resize 
 
 from builder_qwen3vl.checkpoint.reader import read_checkpoint, read_video_settings
 from builder_qwen3vl.checkpoint.config import VisionConfig
-from builder_qwen3vl.errors import InputError
+from builder_qwen3vl.ground.errors import InputError
 from builder_qwen3vl.testing.checkpoints import reference_json, tiny_config
 from builder_qwen3vl.runtime.video import VideoSettings, sample_indices, video_smart_resize
 

@@ -18,8 +18,9 @@ import torch
 from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLVisionConfig
 from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLVisionModel
 
-from builder_qwen3vl.errors import InputError
-from builder_qwen3vl.vision import check_grid, export_vision_encoder
+from builder_qwen3vl.ground.errors import InputError
+from builder_qwen3vl.vision.export import export_vision_encoder
+from builder_qwen3vl.vision.model import check_grid
 
 logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
 

@@ -1,6 +1,6 @@
 """Build the same checkpoints with the package at a git commit and with the working tree; compare the bundles.
 
-    python tools/compare_builds.py --base 6ad5d77 [--precisions fp32 fp16 int4] [--work /tmp/cmp]
+    python tools/compare_builds.py --base 6ad5d77 [--precisions fp32 fp16 int4] [--work cmp]
 
 Checkpoints: a tiny random one (builder_qwen3vl.testing) and the shipped trained model. The base package is
 taken with ``git archive`` into a temporary folder and run in a subprocess with that folder first on the path.

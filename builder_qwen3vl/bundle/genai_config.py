@@ -13,11 +13,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from . import contract
+from ..ground import contract
 from ..checkpoint.config import Qwen3VLConfig
 from ..plan import BuildPlan
 from .templates import load_template
-from ..runtime.video_settings import VideoSettings
+from ..ground.video_settings import VideoSettings
 
 def provider_options(execution_provider: str) -> list[dict[str, Any]]:
     return [] if execution_provider == "cpu" else [{execution_provider: {}}]

@@ -28,9 +28,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import contract
-from ..errors import BuildError, InputError
-from .permissions import apply_umask
+from ..ground import contract
+from ..ground.errors import BuildError, InputError
+from ..ground.permissions import apply_umask
 
 log = logging.getLogger(__name__)
 

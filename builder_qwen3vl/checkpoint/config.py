@@ -15,15 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
-from ..runtime import tokens
-from ..runtime.video_settings import ImageSettings
+from ..ground.errors import InputError
+from ..ground import tokens
+from ..ground.video_settings import ImageSettings
 from .json_files import show
 from .limits import (MAX_FACTOR, MAX_LAYERS, MAX_PATCH, MAX_PIXELS, MAX_POSITIONS, MAX_TOKEN_ID, MAX_VOCAB,
                      MAX_WIDTH)
-from .moe_config import QWEN3_VL_MOE_ARCHITECTURE, QWEN3_VL_MOE_MODEL_TYPE, moe_fields
+from ..ground.vocab import QWEN3_VL_ARCHITECTURE, QWEN3_VL_MOE_ARCHITECTURE
+from .moe_config import QWEN3_VL_MOE_MODEL_TYPE, moe_fields
 
-QWEN3_VL_ARCHITECTURE = "Qwen3VLForConditionalGeneration"
 QWEN3_VL_MODEL_TYPE = "qwen3_vl"
 # architecture -> top-level model_type of the two accepted families
 ARCHITECTURES = {QWEN3_VL_ARCHITECTURE: QWEN3_VL_MODEL_TYPE, QWEN3_VL_MOE_ARCHITECTURE: QWEN3_VL_MOE_MODEL_TYPE}
@@ -161,7 +161,7 @@ class TextConfig:
     @property
     def sparse_layers(self) -> list[int]:
         """The layers with experts (HF's rule, owned by decoder.moe_experts); [] for the dense model."""
-        from ..decoder.moe_experts import sparse_layers
+        from .moe_layout import sparse_layers
 
         return sparse_layers(self)
 

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
+from ..ground.errors import InputError
 from .paths import MiB, read_text
 
 # Config files are a few KiB (a sharded index a few MiB); the cap keeps a hostile file from taking gigabytes

@@ -6,7 +6,7 @@ checkpoints) writes ``num_experts``, transformers 5.x ``num_local_experts`` (``Q
 required, so a config that forgot one is told so instead of silently getting HF's 60 experts.
 
 Which layer is sparse is HF's rule (``Qwen3VLMoeTextDecoderLayer``), owned by
-``decoder.moe_experts.sparse_layers``: layer i has experts iff i is not in ``mlp_only_layers`` and
+``moe_layout.sparse_layers``: layer i has experts iff i is not in ``mlp_only_layers`` and
 (i + 1) % ``decoder_sparse_step`` == 0; the other layers are dense MLPs of ``intermediate_size``.
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import InputError
+from ..ground.errors import InputError
 from .json_files import show
 from .limits import MAX_EXPERTS, MAX_LAYERS, MAX_WIDTH
 

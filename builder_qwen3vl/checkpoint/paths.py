@@ -2,10 +2,8 @@
 
 The checkpoint folder (``-i``) is untrusted data: a link, or a shard name in model.safetensors.index.json,
 must not make the build read a file from elsewhere on the machine or copy it into the bundle. Every file is
-taken from where its links lead (``Path.resolve``), and that place must be inside the folder. The one
-exception is the Hugging Face hub cache: ``<repo>/snapshots/<revision>/<file>`` is a relative link to
-``<repo>/blobs/<sha>``, so when the folder is such a snapshot the repository's own blobs folder counts as
-inside too.
+taken from where its links lead (``Path.resolve``), and that place must be inside the folder, by the rule
+a bundle's files follow too (``ground/folder_rule.py``: a hub cache snapshot's own blobs count as inside).
 """
 
 from __future__ import annotations
@@ -13,7 +11,8 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
-from ..errors import InputError
+from ..ground.errors import InputError
+from ..ground.folder_rule import allowed_roots, lies_inside
 
 MiB = 1 << 20
 # Largest JSON or text file read whole (tokenizer.json is ~11 MiB for Qwen; configs are a few KiB).
@@ -28,20 +27,14 @@ def _resolved(path: Path) -> Path:
         raise InputError(f"{path}: cannot follow its links ({e})") from None
 
 
-def _snapshot_blobs(root: Path) -> Path | None:
-    """``<repo>/blobs`` when the (resolved) folder ``root`` is a hub cache snapshot ``<repo>/snapshots/<rev>``."""
-    blobs = root.parent.parent / "blobs"
-    return blobs.resolve() if root.parent.name == "snapshots" and blobs.is_dir() else None
-
-
 def inside_checkpoint(folder: Path, path: Path) -> Path:
     """Where ``path`` (a file of checkpoint ``folder``) really is, once links are followed; InputError (one
     line naming ``path``) when that is outside ``folder`` and, for a hub cache snapshot, its repository's blobs."""
-    root = _resolved(folder)
-    blobs = _snapshot_blobs(root)
+    roots = allowed_roots(_resolved(folder))
     target = _resolved(path)
-    if target.is_relative_to(root) or (blobs is not None and target.is_relative_to(blobs)):
+    if lies_inside(folder, target):
         return target
+    blobs = roots[1] if len(roots) > 1 else None
     what = "is a link to a file outside the checkpoint folder" if path.is_symlink() else "is outside the checkpoint folder"
     allowed = f"a file inside {folder}" + (f" or its Hugging Face cache's {blobs}" if blobs is not None else "")
     raise InputError(f"{path}: {what}; expected {allowed}")

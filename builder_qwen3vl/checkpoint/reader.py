@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from .config import Qwen3VLConfig, TextConfig, VisionConfig
-from ..errors import InputError
-from ..bundle.contract import (CHAT_TEMPLATE_FILES, OPTIONAL_TOKENIZER_FILES, PROCESSOR_CONFIG_FILENAME, TOKENIZER_FILES,
+from ..ground.errors import InputError
+from ..ground.contract import (CHAT_TEMPLATE_FILES, OPTIONAL_TOKENIZER_FILES, PROCESSOR_CONFIG_FILENAME, TOKENIZER_FILES,
                       VIDEO_CONFIG_FILENAME)
 from .json_files import (MAX_CONFIG_BYTES, check_tokenizer_config, check_tokenizer_json, optional_json, parse_json,
                          read_json, show)
 from .paths import MAX_TEXT_BYTES, inside_checkpoint, read_text, regular_file
 from .safetensors_index import FLOAT_DTYPES, TensorInfo, read_checkpoint_tensors
-from ..runtime.video_settings import VideoSettings
+from ..ground.video_settings import VideoSettings
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def _expert_shapes(text: TextConfig, tensors: dict[str, TensorInfo] | None, fold
     """Router and fused experts of every sparse layer, the experts in the layout their stored shapes show
     (decoder.moe_experts decides it, per layer: released [E, H, 2I] / [E, I, H] or transformers 5 [E, 2I, H] /
     [E, H, I]); without ``tensors``, the released layout. InputError (one line) for a missing or misshapen pair."""
-    from ..decoder.moe_experts import RELEASED, expert_key, expert_layouts, layout_shapes
+    from .moe_layout import RELEASED, expert_key, expert_layouts, layout_shapes
 
     E, H = text.num_experts, text.hidden_size
     sparse = text.sparse_layers

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ..errors import InputError
+from ..ground.errors import InputError
 from .json_files import read_json, show
 from .paths import regular_file
 

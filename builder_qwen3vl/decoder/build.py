@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..bundle import contract
-from ..errors import InputError
+from ..ground import contract
+from ..ground.errors import InputError
 from .child_process import run_in_child
-from .moe_experts import QWEN3_VL_MOE_ARCHITECTURE
-from .og_builder import (QWEN3_VL_ARCHITECTURE, given_options_text, og_builder, og_option_strings,
-                         og_output_to_debug_log, stamp_with_package_commit)
+from ..ground.vocab import QWEN3_VL_ARCHITECTURE, QWEN3_VL_MOE_ARCHITECTURE
+from ..og_options import given_options_text, og_builder, og_option_strings
+from .og_builder import og_output_to_debug_log
 from .repeat_kv_fix import drop_repeat_kv_shape_labels
 
 if TYPE_CHECKING:
@@ -110,8 +110,7 @@ def build_decoder(
                 raise InputError(f"og builder rejected the settings: {e} (--extra_options given: {given})") from e
             Path(output_dir).mkdir(parents=True, exist_ok=True)
             model.make_model(input_dir)
-            with stamp_with_package_commit(model):
-                model.save_model(output_dir)
+            model.save_model(output_dir)
             drop_repeat_kv_shape_labels(Path(output_dir) / contract.DECODER_FILENAME)
             # og's genai_config describes the graph it built (io names, session options, KV sharing); the
             # bundle's genai_config.json is written once, by genai_config.py, from it and the plan.
@@ -170,5 +169,13 @@ def decoder_step(ckpt: Checkpoint, plan: BuildPlan, options: BuildOptions, out: 
         extra_options=dict(plan.og_extra_options), deepstack=plan.apply_deepstack,
     )
     build = run_in_child(build_decoder, kwargs, verbose=options.verbose) if isolate else build_decoder(**kwargs)
-    plan.check_decoder(build)
+    check_against_plan(build, plan)
     return build
+
+
+def check_against_plan(build: DecoderBuild, plan: BuildPlan) -> None:
+    """The og builder's graph must match the plan the other exporters follow."""
+    got = (build.num_deepstack, build.hidden_size, build.stream_width, build.io_dtype, build.num_layers)
+    want = (plan.num_deepstack, plan.hidden_size, plan.stream_width, plan.io_dtype, plan.num_layers)
+    if got != want:
+        raise RuntimeError(f"og builder: decoder has (D, H, W, io dtype, layers) = {got}, the build plan says {want}")

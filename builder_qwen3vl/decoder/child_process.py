@@ -12,13 +12,13 @@ import multiprocessing
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ..errors import BuildError
+from ..ground.errors import BuildError
 
 T = TypeVar("T")
 
 
 def _child(conn: Any, fn: Callable[..., Any], kwargs: dict[str, Any], verbose: bool) -> None:
-    from ..logs import configure_logging
+    from ..ground.logs import configure_logging
 
     configure_logging(verbose)
     try:

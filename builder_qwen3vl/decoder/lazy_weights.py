@@ -111,7 +111,7 @@ class CheckpointParams:
     """Read HF parameters of ``model`` (a skeleton) from the checkpoint in ``folder`` one at a time.
 
     ``oriented`` maps parameters whose orientation the caller decided (Qwen3-VL MoE experts, from both
-    tensors' shapes, see moe_experts.py) to True when the stored tensor is the parameter with axes 1 and 2
+    tensors' shapes, see checkpoint/moe_layout.py) to True when the stored tensor is the parameter with axes 1 and 2
     swapped; any other parameter must be stored under the key transformers' renaming rules map to it, in
     the parameter's shape, with no conversion.
     """

@@ -41,7 +41,8 @@ from typing import Any
 from .lazy_weights import lazy_tensor_base
 from .model import DeepStackMixin, _OgQwen3VLTextModel
 from ..checkpoint.safetensors_index import read_checkpoint_tensors
-from .moe_experts import DOWN, GATE_UP, expert_key, fix_ambiguous_experts, read_expert_layouts, sparse_layers
+from ..checkpoint.moe_layout import DOWN, GATE_UP, expert_key, read_expert_layouts, sparse_layers
+from .moe_experts import fix_ambiguous_experts
 from .og_adapter import expert_count, make_matmul_router, og_initializer, router_output
 
 log = logging.getLogger(__name__)

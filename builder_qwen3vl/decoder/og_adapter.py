@@ -33,7 +33,7 @@ from functools import lru_cache
 from types import SimpleNamespace
 from typing import Any
 
-from .og_builder import og_builder
+from ..og_options import og_builder
 
 WRITTEN_FOR_OG = "0.18.0"
 

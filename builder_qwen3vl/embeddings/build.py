@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..bundle import contract
+from ..ground import contract
 from ..checkpoint.weights import EMBED_TABLE
 from .export import export_embeddings
 from .shared_table import find_shared_int4_table

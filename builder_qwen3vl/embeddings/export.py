@@ -36,8 +36,8 @@ import numpy as np
 import onnx_ir as ir
 import torch
 
-from ..logs import Progress
-from . import EMBEDDINGS_PRECISIONS
+from ..ground.logs import Progress
+from ..ground.vocab import EMBEDDINGS_PRECISIONS
 from .graph import build_model, float_lookup, float_table
 from .int4 import check_block_size, measure_int4_error, quantize_table_gather
 from .shared_table import SharedInt4Table, shared_lookup

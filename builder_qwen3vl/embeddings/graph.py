@@ -10,7 +10,7 @@ import onnx_ir as ir
 import torch
 from onnx_ir import tape as ir_tape
 
-from ..bundle import contract
+from ..ground import contract
 
 OPSET = 21
 EMBED_GATHER_NODE = "/embed_tokens/Gather"  # the only node the int4 quantizer may touch

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ..bundle import contract
+from ..ground import contract
 from .graph import EMBED_GATHER_NODE
 from .table import TableRows
 

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import InputError
+from ..ground.errors import InputError
 
 log = logging.getLogger(__name__)
 

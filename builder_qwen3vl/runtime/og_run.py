@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from ..bundle import contract
-from ..bundle.paths import bundle_file, check_bundle_paths
-from .tokens import IMAGE_TAG, SPECIAL_TOKENS, VIDEO_TAG, plain_text
+from ..ground import contract
+from ..ground.bundle_paths import bundle_file, check_bundle_paths
+from ..ground.tokens import IMAGE_TAG, SPECIAL_TOKENS, VIDEO_TAG, plain_text
 
 log = logging.getLogger(__name__)
 

@@ -29,12 +29,9 @@ import numpy as np
 from PIL import Image
 
 from .image_io import IMAGE_PIXEL_LIMIT, check_pixels, header_size, read_image
-from .tokens import IMAGE_PAD
-from .video_settings import ImageSettings, VideoSettings  # re-exported: `from builder_qwen3vl.video import VideoSettings`
+from ..ground.tokens import IMAGE_PAD, VIDEO_PAD, VIDEO_TAG, VISION_END, VISION_START  # noqa: F401 (re-exported)
+from ..ground.video_settings import ImageSettings, VideoSettings  # re-exported: `from builder_qwen3vl.video import VideoSettings`
 
-VIDEO_PAD = "<|video_pad|>"
-VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"
-VIDEO_TAG = VISION_START + VIDEO_PAD + VISION_END  # what a prompt holds for a video (the chat template writes it)
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 MAX_VIDEO_FRAMES = 10_000_000  # frames of one video (about 4 days at 30 fps): a header or stream with more is refused
 

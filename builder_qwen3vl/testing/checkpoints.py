@@ -211,7 +211,7 @@ def write_checkpoint(
         (folder / "video_preprocessor_config.json").write_text(json.dumps(video, indent=2))
     (folder / "generation_config.json").write_text(json.dumps(reference_json("qwen3-vl-instruct.generation_config.json"), indent=2))
     if tokenizer:
-        from .tokenizer import write_tokenizer
+        from ..shipped.tokenizer import write_tokenizer
 
         write_tokenizer(folder)
     return folder

@@ -25,10 +25,10 @@ from typing import Any
 
 from .checkpoints import _DTYPES, reference_json, tiny_config, to_5x_format
 from .random_init import random_tensor
+from ..ground.vocab import QWEN3_VL_MOE_ARCHITECTURE
 
 log = logging.getLogger(__name__)
 
-MOE_ARCHITECTURE = "Qwen3VLMoeForConditionalGeneration"
 EXPERT_LAYOUTS = ("released", "transformers5")
 
 # The MoE keys of the released Qwen/Qwen3-VL-30B-A3B-Instruct config.json (transformers 4.57 format): its
@@ -84,7 +84,7 @@ def tiny_moe_config(
     ``mlp_only_layers`` or off the ``decoder_sparse_step``), ``moe_intermediate_size`` each expert's.
     """
     cfg = tiny_config(**dense)
-    cfg["architectures"] = [MOE_ARCHITECTURE]
+    cfg["architectures"] = [QWEN3_VL_MOE_ARCHITECTURE]
     cfg["model_type"] = "qwen3_vl_moe"
     cfg["vision_config"]["model_type"] = "qwen3_vl_moe"
     text = cfg["text_config"]
@@ -195,7 +195,7 @@ def write_moe_checkpoint(
     (folder / "video_preprocessor_config.json").write_text(json.dumps(video, indent=2))
     (folder / "generation_config.json").write_text(json.dumps(reference_json("qwen3-vl-instruct.generation_config.json"), indent=2))
     if tokenizer:
-        from .tokenizer import write_tokenizer
+        from ..shipped.tokenizer import write_tokenizer
 
         write_tokenizer(folder)
     return folder

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..bundle.paths import BundlePathError, bundle_file
+from ..ground.bundle_paths import BundlePathError, bundle_file
 
 if TYPE_CHECKING:
-    from . import VerifyReport
+    from .report import VerifyReport
 
 
 FLOAT_TYPES = ("float32", "float16", "bfloat16")

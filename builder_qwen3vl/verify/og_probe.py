@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from .static_checks import GENAI_CONFIG
 
 if TYPE_CHECKING:
-    from . import VerifyReport
+    from .report import VerifyReport
 
 _RESULT_TAG = "VERIFY_RESULT "
 _STAGE_TAG = "VERIFY_STAGE "

@@ -11,14 +11,14 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..bundle.contract import GENAI_CONFIG_FILENAME as GENAI_CONFIG
-from ..bundle.contract import OG_DEFAULT_NAMES, OG_MODEL_TYPE, TOKENIZER_FILES, VIDEO_CONFIG_FILENAME
-from ..bundle.paths import BundlePathError, bundle_file
-from ..runtime.video_settings import VideoSettings
+from ..ground.contract import GENAI_CONFIG_FILENAME as GENAI_CONFIG
+from ..ground.contract import OG_DEFAULT_NAMES, OG_MODEL_TYPE, TOKENIZER_FILES, VIDEO_CONFIG_FILENAME
+from ..ground.bundle_paths import BundlePathError, bundle_file
+from ..ground.video_settings import VideoSettings
 from .graphs import FLOAT_TYPES, Graph, dtype_of, expect, load_graph, text_hidden_size, unfed_inputs
 
 if TYPE_CHECKING:
-    from . import VerifyReport
+    from .report import VerifyReport
 
 REQUIRED_MODEL_FIELDS = ("context_length", "vocab_size", "image_token_id", "vision_start_token_id", "pad_token_id", "eos_token_id")
 REQUIRED_DECODER_FIELDS = ("head_size", "hidden_size", "num_attention_heads", "num_hidden_layers", "num_key_value_heads")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..bundle import contract
+from ..ground import contract
 from .export import export_vision_encoder
 from .load import checkpoint_weights, visual_skeleton
 

@@ -4,7 +4,7 @@ Pipeline: ``torch.onnx.export(dynamo=True)`` of ``Qwen3VLVisionExportModule`` ->
 symbolic dims -> turn weight Gemms into MatMul+Add (the weight quantizers and ORT's MatMul
 kernels want MatMul) -> the weight format (quantize.py) -> save, with weights in ``<file>.data``
 when the model is > 2 GB. Which dtype and format to use is the build plan's decision
-(formats.resolve_vision_format); this module does what it is told.
+(plan.resolve_vision_format); this module does what it is told.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import onnx_ir as ir
 import torch
 from onnx import TensorProto, helper
 
-from ..bundle.contract import VISION
-from ..logs import Progress, progress_line
-from .formats import DYNAMIC_FORMATS
+from ..ground.contract import VISION
+from ..ground.logs import Progress, progress_line
+from ..ground.vocab import DYNAMIC_FORMATS
 from .model import Qwen3VLVisionExportModule
 from .placeholders import WeightStore
 from .quantize import (

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..errors import InputError
+from ..ground.errors import InputError
 
 
 def check_grid(grid_thw: Sequence[Sequence[int]] | torch.Tensor, num_patches: int, spatial_merge_size: int = 2) -> None:

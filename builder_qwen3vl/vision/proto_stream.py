@@ -6,13 +6,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import onnx
 from onnx import ModelProto, TensorProto
 
-if TYPE_CHECKING:
-    from .placeholders import Source, WeightStore
+
+class Source(Protocol):
+    """Where a tensor's real bytes come from (``placeholders.FileSlice`` or ``placeholders.Computed``)."""
+
+    nbytes: int
+
+
+class WeightStore(Protocol):
+    """What the writer asks of ``placeholders.WeightStore``: the source behind a tensor's placeholder, if any."""
+
+    def tensor_source(self, tensor: TensorProto) -> Source | None: ...
 
 
 def _varint(n: int) -> bytes:

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from ..logs import Progress
+from ..ground.logs import Progress
 from .placeholders import WeightStore
 
 

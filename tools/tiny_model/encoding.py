@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from builder_qwen3vl.runtime.tokens import ENDOFTEXT_ID, IMAGE_PAD, IMAGE_TAG, IMAGE_TOKEN_ID
+from builder_qwen3vl.ground.tokens import ENDOFTEXT_ID, IMAGE_PAD, IMAGE_TAG, IMAGE_TOKEN_ID
 
 from .dialogues import Dialogue
 

@@ -31,12 +31,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from builder_qwen3vl.ground.vocab import QWEN3_VL_ARCHITECTURE, QWEN3_VL_MOE_ARCHITECTURE
+
 if __package__ in (None, ""):  # run as a file: tools/ on the path makes this folder the package tiny_model
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from builder_qwen3vl.shipped import shapes_task  # noqa: E402
 from builder_qwen3vl.shipped.assembly import shipped_checkpoint  # noqa: E402
-from builder_qwen3vl.runtime.tokens import EOS_IDS  # noqa: E402
+from builder_qwen3vl.ground.tokens import EOS_IDS  # noqa: E402
 from tiny_model.encoding import Encoder, collate  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -81,7 +83,7 @@ def normalise(text: str) -> str:
 # --------------------------------------------------------------------------- HF side
 
 
-HF_CLASSES = ("Qwen3VLForConditionalGeneration", "Qwen3VLMoeForConditionalGeneration")
+HF_CLASSES = (QWEN3_VL_ARCHITECTURE, QWEN3_VL_MOE_ARCHITECTURE)
 
 
 def load_hf(checkpoint: Path) -> Any:

@@ -4,7 +4,7 @@ The fingerprint stands in for the recipe: the SHA-256 of the initial weights (af
 init, vision head included), of the first batch's tensors (pictures, tokenizer, chat template, labels)
 and of the whole learning-rate schedule, and the losses of the first ``STEPS`` optimizer steps at
 the real configuration. Any change that alters what training does, in whatever module (the task,
-the tokenizer writer, random_init, builder_qwen3vl.runtime.tokens, transformers' model code), changes one
+the tokenizer writer, random_init, builder_qwen3vl.ground.tokens, transformers' model code), changes one
 of them; moving or re-commenting code does not. The recipe values are compared as well, because
 some (``steps``) act only after the replayed steps.
 

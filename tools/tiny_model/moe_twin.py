@@ -12,7 +12,7 @@ exactly when the router (top-k, renormalisation), the expert layout and the (Q)M
 
 Tensors, per decoder layer i (dense: ``mlp.gate_proj.weight [I, H]``, ``mlp.up_proj.weight [I, H]``,
 ``mlp.down_proj.weight [H, I]``), written in the layout of the released Qwen3-VL MoE checkpoints
-(``decoder/moe_experts.py``: "released"):
+(``checkpoint/moe_layout.py``: "released"):
 
 - ``mlp.experts.gate_up_proj [E, H, 2I]``: per expert ``cat([gate, up], 0).T`` (HF's parameter is
   [E, 2I, H] and ``chunk(2, -1)`` of ``x @ W.T`` gives gate first, then up);
@@ -36,7 +36,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-MOE_ARCHITECTURE = "Qwen3VLMoeForConditionalGeneration"
+from builder_qwen3vl.ground.vocab import QWEN3_VL_MOE_ARCHITECTURE
+
 MLP_NAMES = ("gate_proj", "up_proj", "down_proj")
 TWIN_DEFAULTS: dict[str, int] = {"num_experts": 4, "top_k": 2, "seed": 0}  # what evaluate.py --model moe-twin writes
 
@@ -48,7 +49,7 @@ def twin_config(dense: dict[str, Any], num_experts: int, top_k: int) -> dict[str
     if not 1 <= top_k <= num_experts:
         raise ValueError(f"top_k {top_k}: expected 1 <= top_k <= num_experts ({num_experts})")
     cfg = copy.deepcopy(dense)
-    cfg["architectures"] = [MOE_ARCHITECTURE]
+    cfg["architectures"] = [QWEN3_VL_MOE_ARCHITECTURE]
     cfg["model_type"] = "qwen3_vl_moe"
     # transformers 5 names the MoE vision config qwen3_vl_moe_vision (4.57 wrote qwen3_vl_moe; both load).
     cfg["vision_config"]["model_type"] = "qwen3_vl_moe_vision"

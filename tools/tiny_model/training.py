@@ -18,7 +18,7 @@ from typing import Any
 
 from builder_qwen3vl.shipped.shapes_task import QUESTION_KINDS
 from builder_qwen3vl.shipped.table import table_sha256
-from builder_qwen3vl.runtime.tokens import IM_END_ID
+from builder_qwen3vl.ground.tokens import IM_END_ID
 
 from .dialogues import Dialogue, make_dialogue
 from .encoding import IGNORE, Encoder, collate

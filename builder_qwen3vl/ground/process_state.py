@@ -21,7 +21,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .bundle.permissions import current_umask
+from .permissions import current_umask
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..bundle.contract import PROCESSOR_CONFIG_FILENAME, VIDEO_CONFIG_FILENAME
-from ..bundle.paths import bundle_file
+from .contract import PROCESSOR_CONFIG_FILENAME, VIDEO_CONFIG_FILENAME
+from .bundle_paths import bundle_file
 
 # transformers 5.x ``Qwen3VLVideoProcessor`` class attributes (what ``Qwen3VLVideoProcessor()`` uses).
 HF_VIDEO_DEFAULTS: dict[str, Any] = {

@@ -3,10 +3,9 @@
 genai_config.json names the three models and the processor config, an ONNX model names its external data
 files (``location``), and the run-time helpers read processor_config.json and video_preprocessor_config.json.
 A bundle is copied, shared and downloaded as one folder, so a name that is absolute, climbs out with ``..`` or
-is a symlink to elsewhere would make it read files it does not hold. ``bundle_file`` is the rule, the one
-function ``verify`` and the run-time helpers apply to each such path (symlinks resolved before comparing).
-A consequence: a folder of symlinks into a shared store (the Hugging Face hub cache's snapshots) is refused;
-such a bundle is read from a copy with real files.
+is a symlink to elsewhere would make it read files it does not hold. ``bundle_file`` applies the rule
+(``folder_rule.py``, the checkpoint's too: links followed, then inside the folder, a hub cache snapshot's own
+blobs included) to each such path; ``verify`` and the run-time helpers call it.
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .contract import GENAI_CONFIG_FILENAME, TOKENIZER_FILES
+from .folder_rule import lies_inside
 
 # genai_config.json's file names: (section, key) -> what a message calls it
 GENAI_FILE_KEYS = (("decoder", "filename"), ("embedding", "filename"), ("vision", "filename"), ("vision", "config_filename"))
@@ -44,7 +44,7 @@ def bundle_file(bundle: str | Path, name: Any, named_by: str | None = None, *, b
     base = Path(bundle if base is None else base)
     root = Path(os.path.realpath(bundle))
     resolved = Path(os.path.realpath(base / name))
-    if root not in resolved.parents:
+    if resolved == root or not lies_inside(root, resolved):
         how = f"{named_by} is {name!r}, which" if named_by else f"{name} is a symlink that"
         raise BundlePathError(f"{how} resolves to {resolved}, outside the bundle folder {root}; "
                               "a bundle reads only files inside itself")

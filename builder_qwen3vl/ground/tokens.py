@@ -10,15 +10,16 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from ..bundle.paths import bundle_file
+from .bundle_paths import bundle_file
 
 log = logging.getLogger(__name__)
 
 IMAGE_PAD = "<|image_pad|>"
 VIDEO_PAD = "<|video_pad|>"
+VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"
 # One per image in a prompt: og's processor (and HF's) expands the pad to t*h*w/4 copies.
-IMAGE_TAG = "<|vision_start|>" + IMAGE_PAD + "<|vision_end|>"
-VIDEO_TAG = "<|vision_start|>" + VIDEO_PAD + "<|vision_end|>"  # one per video (runtime.video expands it)
+IMAGE_TAG = VISION_START + IMAGE_PAD + VISION_END
+VIDEO_TAG = VISION_START + VIDEO_PAD + VISION_END  # one per video (runtime.video expands it)
 ENDOFTEXT_ID = 151643  # <|endoftext|>: also the pad token of the released generation_config
 IM_START_ID = 151644  # <|im_start|>: opens a turn
 IM_END_ID = 151645  # <|im_end|>: the end of an assistant turn
