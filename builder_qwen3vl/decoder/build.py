@@ -25,6 +25,7 @@ from ..ground.errors import InputError
 from .child_process import run_in_child
 from ..ground.vocab import QWEN3_VL_ARCHITECTURE, QWEN3_VL_MOE_ARCHITECTURE
 from ..og_options import given_options_text, og_builder, og_option_strings
+from .og_adapter import wheel_commit_stamp
 from .og_builder import og_output_to_debug_log
 from .repeat_kv_fix import drop_repeat_kv_shape_labels
 
@@ -110,7 +111,8 @@ def build_decoder(
                 raise InputError(f"og builder rejected the settings: {e} (--extra_options given: {given})") from e
             Path(output_dir).mkdir(parents=True, exist_ok=True)
             model.make_model(input_dir)
-            model.save_model(output_dir)
+            with wheel_commit_stamp():
+                model.save_model(output_dir)
             drop_repeat_kv_shape_labels(Path(output_dir) / contract.DECODER_FILENAME)
             # og's genai_config describes the graph it built (io names, session options, KV sharing); the
             # bundle's genai_config.json is written once, by genai_config.py, from it and the plan.

@@ -53,15 +53,6 @@ _OgQwen3VLTextModel = og_builder().Qwen3VLTextModel
 class DeepStackMixin:
     """The DeepStack hooks, in front of og's Qwen3VLTextModel (or a subclass of it) in the MRO."""
 
-    @classmethod
-    def get_genai_commit(cls) -> str | None:
-        """og's hook for the commit in model.onnx's producer_version: the installed wheel's. og's own lookup runs
-        ``git rev-parse HEAD`` five folders above its file, which inside a virtualenv is the user's checkout, so
-        the same build would give different bytes in different checkouts."""
-        import onnxruntime_genai
-
-        return getattr(onnxruntime_genai, "__commit__", None) or None
-
     def __init__(self, config, io_dtype, onnx_dtype, ep, cache_dir, extra_options):
         super().__init__(config, io_dtype, onnx_dtype, ep, cache_dir, extra_options)
         num_deepstack = len(config.vision_config.deepstack_visual_indexes)

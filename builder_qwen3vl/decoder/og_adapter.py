@@ -2,7 +2,7 @@
 
 The decoder classes (model.py, moe_model.py) extend og's builder as og's own model families in
 ``builders/qwen.py`` do: they subclass og's classes and override og's ``make_*`` / ``load_weights`` /
-``save_model`` hooks. Three needs have no hook in og; this module owns them:
+``save_model`` hooks. Four needs have no hook in og; this module owns them:
 
 - ``og_initializer``: og's ``Model.make_initializer`` both makes an initializer's tensor and registers
   it in the graph, and og has no function that only makes the tensor. The lazy reader (lazy_weights.py)
@@ -19,6 +19,11 @@ The decoder classes (model.py, moe_model.py) extend og's builder as og's own mod
   hooks (linear attention, gated full attention) would take precedence over the Qwen3-VL attention in
   any MRO that also holds ``Qwen3VLTextModel``. So its few lines are repeated here with og's public
   ``make_matmul`` / ``make_reshape``.
+- ``wheel_commit_stamp``: og stamps model.onnx's ``producer_version`` with ``get_genai_commit()``, which runs
+  ``git rev-parse HEAD`` five folders above og's own file: inside a virtualenv that is the user's checkout, so
+  the same build would give different bytes in different checkouts. og calls it as
+  ``Model.stamp_build_metadata(model)`` on its base class, so a subclass cannot override it; while saving, the
+  base class's lookup answers with the installed wheel's own commit instead.
 
 Each repeats or leans on a detail of og's code, so each checks that the installed og is the release it
 is written against (``WRITTEN_FOR_OG``); tests/test_lazy_decoder.py and tests/test_moe_decoder.py pin
@@ -103,3 +108,22 @@ def make_matmul_router(model: Any, layer_id: int, gate: Any, root_input: str) ->
         shape=model.make_moe_router_shape(),
     )
     return router_output(layer_id)
+
+
+@contextlib.contextmanager
+def wheel_commit_stamp() -> Iterator[None]:
+    """While the block runs, og's commit lookup answers with the installed wheel's commit (``__commit__``)."""
+    require_og_written_for()
+    base = og_builder().Model
+    original = vars(base)["get_genai_commit"]
+
+    def wheel_commit(cls: type) -> str | None:
+        import onnxruntime_genai
+
+        return getattr(onnxruntime_genai, "__commit__", None) or None
+
+    base.get_genai_commit = classmethod(wheel_commit)
+    try:
+        yield
+    finally:
+        base.get_genai_commit = original
