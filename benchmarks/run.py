@@ -110,7 +110,7 @@ def run_child(cmd: list[str], log_path: Path) -> dict[str, Any]:
 
 
 def build_steps(log_text: str) -> dict[str, float]:
-    """'<step> done in N s' lines written by builder_qwen3vl.build.step."""
+    """'<step> done in N s' lines written by builder_qwen3vl.pipeline.step."""
     return {m.group(1): float(m.group(2)) for m in re.finditer(r"^(.+?) done in ([0-9.]+) s$", log_text, re.M)}
 
 

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from .build import build
+    from .pipeline import build
 
     options = BuildOptions(
         input=args.input,

@@ -42,7 +42,7 @@ def _import_og(name: str) -> ModuleType:
     """Import an og module without leaving a trace in the process.
 
     The first import changes the process (og's folder on sys.path, ``ORT_LIB_PATH``, the root logger
-    through onnxruntime's quantizer, warning filters: see process_state.py), so it runs inside
+    through onnxruntime's quantizer, warning filters: see ground/process_state.py), so it runs inside
     ``preserved_process_state``: validating options leaves no trace either. That context also puts back
     the folders an earlier call took off sys.path, which og's top-level imports of its siblings need
     (``onnxruntime_genai.models`` adds its folder only when it is first imported).

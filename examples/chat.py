@@ -3,6 +3,12 @@
     python examples/chat.py -m BUNDLE --image cat.jpg --prompt "What is in the picture?"
     python examples/chat.py -m BUNDLE --video clip.mp4 --prompt "What happens?"      # needs PyAV (pip install av)
     python examples/chat.py -m BUNDLE --video frames/ --fps 2 --prompt "What happens?"  # a folder of frames
+    python examples/chat.py -m BUNDLE --image cat.jpg --interactive < questions.txt     # a conversation
+
+With --interactive, the questions come from standard input, one per line until its end, and each answer is
+printed on a line of its own (newlines inside an answer become spaces): the model loads once, the pictures are
+encoded once, and each follow-up costs only its own tokens (builder_qwen3vl.runtime.conversation keeps og's
+generator and its KV cache across turns).
 
 Images are read with builder_qwen3vl.runtime.image_io (PIL: PNG, JPEG, BMP, WebP, TIFF, GIF, CMYK, 16-bit) and handed
 to og as PNG bytes: og's own decoder ends the process on formats it does not know (docs/bundle.md). They are
@@ -26,13 +32,15 @@ import onnxruntime_genai as og
 from PIL import Image
 
 from builder_qwen3vl.ground.bundle_paths import BundlePathError
+from builder_qwen3vl.ground.contract import GENAI_CONFIG_FILENAME, PROCESSOR_CONFIG_FILENAME
 from builder_qwen3vl.ground.errors import InputError
+from builder_qwen3vl.runtime.conversation import Conversation
 from builder_qwen3vl.runtime.image_io import ImageReadError, og_images, read_image
 from builder_qwen3vl.runtime.og_run import chat_prompt, greedy, load_model, resize_settings
 from builder_qwen3vl.runtime.resize import resize_for_og, smart_resize
 from builder_qwen3vl.ground.tokens import SPECIAL_TOKENS, special_tokens
 
-BUNDLE_FILES = ("genai_config.json", "processor_config.json")
+BUNDLE_FILES = (GENAI_CONFIG_FILENAME, PROCESSOR_CONFIG_FILENAME)
 
 
 def read_option_image(path: str) -> Image.Image:
@@ -108,14 +116,26 @@ def generate_video(model: og.Model, video: str, fps: float | None, images: list[
         yield stream.decode(token)
 
 
+def converse(model: og.Model, images: Sequence[str | Image.Image], questions: Iterable[str], max_new_tokens: int = 64,
+             special: Iterable[str] = SPECIAL_TOKENS) -> Iterator[str]:
+    """One line per answer to each non-blank question, in one conversation about ``images`` (og's generator kept)."""
+    conversation = Conversation(model, images, special_tokens=special)
+    for line in questions:
+        question = line.rstrip("\r\n")
+        if question.strip():
+            yield "".join(piece for _, piece in conversation.stream(question, max_new_tokens)).replace("\n", " ")
+
+
 def check_args(args: argparse.Namespace) -> None:
     """Options and the bundle folder, before anything is loaded (InputError: one line)."""
     if args.max_new_tokens < 1:
         raise InputError(f"--max-new-tokens {args.max_new_tokens}: expected an integer >= 1")
     if args.threads is not None and args.threads < 0:
         raise InputError(f"--threads {args.threads}: expected an integer >= 0")
-    if args.fps is not None and not (math.isfinite(args.fps) and args.fps > 0):  # 0 divided; -2 was accepted
+    if args.fps is not None and not (math.isfinite(args.fps) and args.fps > 0):
         raise InputError(f"--fps {args.fps:g}: expected frames per second > 0")
+    if args.interactive and args.video:
+        raise InputError("--interactive: takes pictures (--image), not --video; ask about a video one question at a time")
     folder = Path(args.model)
     if not folder.is_dir():
         raise InputError(f"-m {folder}: " + ("is a file, expected a bundle folder" if folder.exists()
@@ -138,6 +158,10 @@ def run(args: argparse.Namespace) -> int:
         reason = str(e).splitlines()[0] if str(e) else "RuntimeError"
         raise InputError(f"-m {args.model}: onnxruntime-genai cannot load the bundle ({reason}); "
                          f"check it with: python -m builder_qwen3vl verify {args.model}") from None
+    if args.interactive:
+        for answer in converse(model, images, sys.stdin, args.max_new_tokens, special=special_tokens(args.model)):
+            print(answer, flush=True)
+        return 0
     if args.video:
         pieces = generate_video(model, args.video, args.fps, args.image, args.prompt, args.max_new_tokens, args.model)
     else:
@@ -156,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fps", type=float, default=None, help="frames per second of --video's source (required for a folder)")
     p.add_argument("--prompt", default="Describe the picture.", help="the question")
     p.add_argument("--max-new-tokens", type=int, default=64, help="at most this many answer tokens (>= 1)")
+    p.add_argument("--interactive", action="store_true",
+                   help="questions from standard input, one per line; one answer line each (a conversation)")
     p.add_argument("--no-exact-grid", action="store_true", help="let og resize the images itself")
     p.add_argument("--threads", type=int, default=None,
                    help="intra-op threads of each session (default: the bundle's genai_config; 0 = every physical core)")

@@ -176,7 +176,7 @@ def test_extra_tensors_warn_and_build_goes_on(small_ckpt: Path, tmp_path: Path, 
     import torch
 
     _rewrite_weights(small_ckpt, lambda t: t.update({"model.extra_head.weight": torch.zeros(2, 2), "mtp.proj.weight": torch.zeros(2)}))
-    build_module = importlib.import_module("builder_qwen3vl.build")
+    build_module = importlib.import_module("builder_qwen3vl.pipeline")
 
     def fake_write_bundle(ckpt, plan, options, out: Path) -> None:
         (out / "genai_config.json").write_text("{}")

@@ -94,7 +94,7 @@ def test_no_staging_folder_left_after_failure(small_ckpt: Path, tmp_path: Path, 
     """Whatever step fails, neither -o nor the hidden staging folder beside it survives."""
     import importlib
 
-    build_module = importlib.import_module("builder_qwen3vl.build")
+    build_module = importlib.import_module("builder_qwen3vl.pipeline")
     from builder_qwen3vl.ground.errors import BuildError
 
     def boom(*args, **kwargs):

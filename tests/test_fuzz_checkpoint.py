@@ -245,7 +245,7 @@ def stub_exports(monkeypatch: pytest.MonkeyPatch) -> None:
     """The exports replaced by a one-file bundle: a checkpoint that reads cleanly finishes in a second."""
     import importlib
 
-    build_module = importlib.import_module("builder_qwen3vl.build")
+    build_module = importlib.import_module("builder_qwen3vl.pipeline")
     monkeypatch.setattr(build_module, "write_bundle", lambda ckpt, plan, options, out: (out / "genai_config.json").write_text("{}"))
 
 

@@ -213,6 +213,17 @@ JSON_ROWS: list[tuple[str, Callable[[Path], None], tuple[str, ...]]] = [
      ("tokenizer.json: model.vocab is [1, 2], expected an object mapping each token to its id",)),
     ("tokenizer_added_tokens", _file("tokenizer.json", '{"model": {"type": "BPE"}, "added_tokens": {"id": 1}}'),
      ("tokenizer.json: added_tokens is {'id': 1}, expected a list of {id, content} objects",)),
+    # JSON of the right shape that the tokenizers library (what transformers and og load it with) refuses
+    ("tokenizer_bpe_without_vocab", _file("tokenizer.json", '{"version": "1.0", "model": {"type": "BPE"}}'),
+     ("tokenizer.json: not a tokenizer the tokenizers library can load (Missing vocab/merges",)),
+    ("tokenizer_unknown_model", _file("tokenizer.json", '{"version": "1.0", "model": {"type": "Nope", "vocab": {}}}'),
+     ("tokenizer.json: not a tokenizer the tokenizers library can load (",)),
+    ("tokenizer_bad_merges", _file("tokenizer.json", '{"version": "1.0", "model": {"type": "BPE", "vocab": {"a": 0}, '
+                                                     '"merges": [1, 2]}}'),
+     ("tokenizer.json: not a tokenizer the tokenizers library can load (",)),
+    ("tokenizer_unknown_pre_tokenizer", _file("tokenizer.json", '{"version": "1.0", "pre_tokenizer": {"type": "Nope"}, '
+                                                                '"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}}'),
+     ("tokenizer.json: not a tokenizer the tokenizers library can load (",)),
     ("tokenizer_config_eos", _file("tokenizer_config.json", '{"eos_token": 151645}'),
      ("tokenizer_config.json: eos_token is 151645, expected a string, an AddedToken object or null",)),
     ("tokenizer_config_template", _file("tokenizer_config.json", '{"chat_template": 7}'),

@@ -213,3 +213,30 @@ def test_hub_cache_layout_builds(tmp_path: Path, capsys) -> None:
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"):
         assert not (bundle / name).is_symlink()
         assert (bundle / name).read_bytes() == (src / name).read_bytes()
+
+
+def _layers_absurd(ckpt: Path, tmp_path: Path) -> None:
+    config = json.loads((ckpt / "config.json").read_text())
+    config.setdefault("text_config", config)["num_hidden_layers"] = 10**9
+    (ckpt / "config.json").write_text(json.dumps(config))
+
+
+def _merges_outside(ckpt: Path, tmp_path: Path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the bundle\n")
+    (ckpt / "merges.txt").unlink(missing_ok=True)
+    (ckpt / "merges.txt").symlink_to(secret)
+
+
+@pytest.mark.parametrize("break_it", [_merges_outside, _layers_absurd], ids=["merges_outside", "layers_absurd"])
+def test_refusals_through_the_library_leave_the_process_as_found(small_ckpt: Path, tmp_path: Path, break_it) -> None:
+    """``build()`` refusing a hostile checkpoint: InputError, nothing written, the caller's process unchanged."""
+    from builder_qwen3vl import BuildOptions, InputError, build
+    from builder_qwen3vl.ground.process_state import differences, snapshot
+
+    break_it(small_ckpt, tmp_path)
+    before = snapshot()
+    with pytest.raises(InputError):
+        build(BuildOptions(input=small_ckpt, output=tmp_path / OUT, precision="fp32"))
+    assert differences(before, snapshot()) == []
+    assert_no_leftovers(tmp_path)

@@ -45,6 +45,8 @@ def test_contracts_hold() -> None:
 UPWARD_ARROWS = [
     ("checkpoint/reader.py", "from ..decoder import moe_experts", "build-time floors"),
     ("ground/contract.py", "from ..checkpoint import config", "build-time floors"),
+    ("ground/tokens.py", "from ..runtime import og_run", "the ground imports nothing else of ours"),
+    ("decoder/build.py", "from ..testing import checkpoints", "build time needs no run-time, verify or test code"),
     ("plan.py", "from .vision import export", "build-time floors"),
     ("runtime/og_run.py", "from ..bundle import genai_config", "run time stands on the ground"),
     ("verify/static_checks.py", "from ..plan import BuildPlan", "verify stands on run time and the ground"),
@@ -66,3 +68,12 @@ def test_an_upward_arrow_breaks_a_contract(tree_copy: Path, module: str, line: s
     assert result.returncode != 0, result.stdout
     broken = [ln for ln in result.stdout.splitlines() if "BROKEN" in ln]
     assert any(contract in ln for ln in broken), result.stdout
+
+
+def test_run_time_loads_no_build_time_code() -> None:
+    """What import-linter cannot see: importing a subpackage runs its parents' __init__ too."""
+    code = ("import sys, builder_qwen3vl.runtime.og_run, builder_qwen3vl.runtime.conversation, builder_qwen3vl.verify, "
+            "builder_qwen3vl.video; print(' '.join(sorted(m for m in sys.modules if m.startswith('builder_qwen3vl'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
+    floors = {name.split(".")[1] for name in out.split() if name.count(".") >= 1}
+    assert floors <= {"ground", "runtime", "verify", "video"}, out

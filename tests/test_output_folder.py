@@ -51,7 +51,7 @@ def write_files(folder: Path, files: dict[str, str]) -> Path:
 @pytest.fixture()
 def fake_exporters(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """Replace the exporters with one that writes NEW_FILES (safetensors-like 0600); returns the staging folders used."""
-    build_module = importlib.import_module("builder_qwen3vl.build")
+    build_module = importlib.import_module("builder_qwen3vl.pipeline")
     used: list[Path] = []
 
     def fake_write_bundle(ckpt, plan, options, out: Path) -> None:
@@ -122,7 +122,7 @@ def test_overwrite_replaces_an_earlier_bundle(small_ckpt: Path, tmp_path: Path, 
 def test_failed_build_keeps_the_earlier_bundle(small_ckpt: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     from builder_qwen3vl.ground.errors import BuildError
 
-    build_module = importlib.import_module("builder_qwen3vl.build")
+    build_module = importlib.import_module("builder_qwen3vl.pipeline")
 
     def failing(ckpt, plan, options, out: Path) -> None:
         write_files(out, NEW_FILES)

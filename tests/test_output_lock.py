@@ -89,7 +89,7 @@ def buildable_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture()
 def fake_exporters(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """Exporters that write FAKE_FILES (the folder rules do not depend on what the files hold)."""
-    build_module = importlib.import_module("builder_qwen3vl.build")
+    build_module = importlib.import_module("builder_qwen3vl.pipeline")
     used: list[Path] = []
 
     def fake_write_bundle(ckpt, plan, options, out: Path) -> None:
@@ -213,7 +213,7 @@ def _ctrl_c(ckpt, plan, options, out: Path) -> None:
 @pytest.mark.parametrize("existing", [True, False], ids=["existing-o", "new-o"])
 def test_lock_released_after_the_build(exporter, code: int, existing: bool, small_ckpt: Path, tmp_path: Path,
                                        monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    monkeypatch.setattr(importlib.import_module("builder_qwen3vl.build"), "write_bundle", exporter)
+    monkeypatch.setattr(importlib.import_module("builder_qwen3vl.pipeline"), "write_bundle", exporter)
     out = tmp_path / "new" / "out"
     if existing:
         out.mkdir(parents=True)

@@ -129,7 +129,7 @@ def _external_locations(onnx_path: Path) -> set[str]:
 
 
 def _int4_bundle(tmp_path: Path, tied: bool, **extra: str) -> tuple[Path, Path]:
-    from builder_qwen3vl.build import build
+    from builder_qwen3vl.pipeline import build
     from builder_qwen3vl.options import BuildOptions
     from builder_qwen3vl.testing.checkpoints import tiny_config, write_checkpoint
 

@@ -269,3 +269,13 @@ def test_decode_round_trips(hf_tokenizer, og_tokenizer) -> None:
     assert "<|image_pad|>" not in hf_tokenizer.decode(
         hf_tokenizer(EXPECTED_CHAT_TEXT).input_ids, skip_special_tokens=True
     )
+
+
+def test_the_writer_and_the_ground_agree_on_token_ids() -> None:
+    """The tokenizer writer derives its ids from its own table; the package declares them once in ground/tokens."""
+    from builder_qwen3vl.ground import tokens
+
+    assert (qt.ENDOFTEXT_ID, qt.IM_START_ID, qt.IM_END_ID, qt.VISION_START_ID, qt.VISION_END_ID, qt.IMAGE_PAD_ID,
+            qt.VIDEO_PAD_ID) == (tokens.ENDOFTEXT_ID, tokens.IM_START_ID, tokens.IM_END_ID, tokens.VISION_START_ID,
+                                 tokens.VISION_END_ID, tokens.IMAGE_TOKEN_ID, tokens.VIDEO_TOKEN_ID)
+    assert {t.content for t in qt.ADDED_TOKENS if t.special} == set(tokens.SPECIAL_TOKENS)

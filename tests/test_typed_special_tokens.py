@@ -1,6 +1,6 @@
 """Text a user types stays text: special tokens in a prompt (``<|image_pad|>``, ``<|im_end|>``, ...) never become
 placeholders, vision markers or turns. og_run.chat_prompt writes them as plain text (a zero-width space after the
-first character, ``runtime.tokens.plain_text``); the ids the model receives hold only the special tokens the
+first character, ``ground.tokens.plain_text``); the ids the model receives hold only the special tokens the
 template and the images put there. Checked with og's tokenizer of the shipped bundle, the real Qwen tokenizer
 (HF, from builder_qwen3vl.shipped.tokenizer) and examples/chat.py as a user runs it."""
 

@@ -21,10 +21,9 @@ from ..ground.video_settings import ImageSettings
 from .json_files import show
 from .limits import (MAX_FACTOR, MAX_LAYERS, MAX_PATCH, MAX_PIXELS, MAX_POSITIONS, MAX_TOKEN_ID, MAX_VOCAB,
                      MAX_WIDTH)
-from ..ground.vocab import QWEN3_VL_ARCHITECTURE, QWEN3_VL_MOE_ARCHITECTURE
-from .moe_config import QWEN3_VL_MOE_MODEL_TYPE, moe_fields
+from ..ground.vocab import QWEN3_VL_ARCHITECTURE, QWEN3_VL_MODEL_TYPE, QWEN3_VL_MOE_ARCHITECTURE, QWEN3_VL_MOE_MODEL_TYPE
+from .moe_config import moe_fields
 
-QWEN3_VL_MODEL_TYPE = "qwen3_vl"
 # architecture -> top-level model_type of the two accepted families
 ARCHITECTURES = {QWEN3_VL_ARCHITECTURE: QWEN3_VL_MODEL_TYPE, QWEN3_VL_MOE_ARCHITECTURE: QWEN3_VL_MOE_MODEL_TYPE}
 VISION_MODEL_TYPES = ("qwen3_vl", "qwen3_vl_vision", "qwen3_vl_moe", "qwen3_vl_moe_vision")

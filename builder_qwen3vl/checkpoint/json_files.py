@@ -92,6 +92,21 @@ def check_tokenizer_json(doc: dict[str, Any], where: Path) -> None:
                 "an object with an integer id and a string content")
     for key in ("normalizer", "pre_tokenizer", "post_processor", "decoder", "truncation", "padding"):
         _expect(doc.get(key) is None or isinstance(doc[key], dict), where, key, doc.get(key), "an object or null")
+    _check_with_tokenizers(doc, where)
+
+
+def _check_with_tokenizers(doc: dict[str, Any], where: Path) -> None:
+    """The rest is the tokenizers library's to judge (model types, merges, pre-tokenizers, ...): it is what
+    transformers and og load the file with, so a file it refuses would build a bundle nothing can run."""
+    import json
+
+    from tokenizers import Tokenizer
+
+    try:
+        Tokenizer.from_str(json.dumps(doc))
+    except Exception as e:  # the library raises a bare Exception for every kind of bad file
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise InputError(f"{where}: not a tokenizer the tokenizers library can load ({reason})") from None
 
 
 # tokenizer_config.json keys the runtime's tokenizer or the build reads: key -> (type test, what is expected)

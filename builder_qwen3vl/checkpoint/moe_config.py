@@ -18,8 +18,6 @@ from ..ground.errors import InputError
 from .json_files import show
 from .limits import MAX_EXPERTS, MAX_LAYERS, MAX_WIDTH
 
-QWEN3_VL_MOE_ARCHITECTURE = "Qwen3VLMoeForConditionalGeneration"
-QWEN3_VL_MOE_MODEL_TYPE = "qwen3_vl_moe"
 
 
 def _int(d: dict[str, Any], key: str, where: str, *, default: int | None = None, aliases: tuple[str, ...] = (),

@@ -16,8 +16,9 @@ from typing import Any
 
 from .config import Qwen3VLConfig, TextConfig, VisionConfig
 from ..ground.errors import InputError
-from ..ground.contract import (CHAT_TEMPLATE_FILES, OPTIONAL_TOKENIZER_FILES, PROCESSOR_CONFIG_FILENAME, TOKENIZER_FILES,
-                      VIDEO_CONFIG_FILENAME)
+from ..ground.contract import (CHAT_TEMPLATE_FILES, CHAT_TEMPLATE_JINJA, CHAT_TEMPLATE_JSON, OPTIONAL_TOKENIZER_FILES,
+                               PROCESSOR_CONFIG_FILENAME, TOKENIZER_CONFIG, TOKENIZER_FILES, TOKENIZER_JSON,
+                               VIDEO_CONFIG_FILENAME)
 from .json_files import (MAX_CONFIG_BYTES, check_tokenizer_config, check_tokenizer_json, optional_json, parse_json,
                          read_json, show)
 from .paths import MAX_TEXT_BYTES, inside_checkpoint, read_text, regular_file
@@ -91,7 +92,7 @@ def read_video_settings(folder: Path, vision: VisionConfig) -> VideoSettings:
 
 def _expert_shapes(text: TextConfig, tensors: dict[str, TensorInfo] | None, folder: Path | str) -> dict[str, tuple[int, ...]]:
     """Router and fused experts of every sparse layer, the experts in the layout their stored shapes show
-    (decoder.moe_experts decides it, per layer: released [E, H, 2I] / [E, I, H] or transformers 5 [E, 2I, H] /
+    (moe_layout decides it, per layer: released [E, H, 2I] / [E, I, H] or transformers 5 [E, 2I, H] /
     [E, H, I]); without ``tensors``, the released layout. InputError (one line) for a missing or misshapen pair."""
     from .moe_layout import RELEASED, expert_key, expert_layouts, layout_shapes
 
@@ -219,11 +220,11 @@ def check_tensors(folder: Path, tensors: dict[str, TensorInfo], expected: dict[s
 
 
 def _chat_template(folder: Path, tokenizer_config: dict[str, Any]) -> str | None:
-    jinja = folder / "chat_template.jinja"
+    jinja = folder / CHAT_TEMPLATE_JINJA
     if jinja.is_file() or jinja.is_symlink():
         # universal newlines, as a text-mode read gives them
         return read_text(folder, jinja, MAX_CONFIG_BYTES).replace("\r\n", "\n").replace("\r", "\n")
-    as_json = folder / "chat_template.json"
+    as_json = folder / CHAT_TEMPLATE_JSON
     if as_json.is_file() or as_json.is_symlink():
         template = read_json(folder, as_json).get("chat_template")
         if isinstance(template, str):
@@ -238,11 +239,11 @@ def _tokenizer_files(folder: Path) -> tuple[tuple[Path, ...], dict[str, Any]]:
     missing = [name for name in TOKENIZER_FILES if not ((folder / name).is_file() or (folder / name).is_symlink())]
     if missing:
         raise InputError(f"{folder}: tokenizer file {missing[0]} is missing (expected {' and '.join(TOKENIZER_FILES)})")
-    tokenizer_config = read_json(folder, folder / "tokenizer_config.json")
-    check_tokenizer_config(tokenizer_config, folder / "tokenizer_config.json")
+    tokenizer_config = read_json(folder, folder / TOKENIZER_CONFIG)
+    check_tokenizer_config(tokenizer_config, folder / TOKENIZER_CONFIG)
     # a broken tokenizer.json should fail here, not in og at run time
-    tokenizer = read_json(folder, folder / "tokenizer.json", MAX_TEXT_BYTES)
-    check_tokenizer_json(tokenizer, folder / "tokenizer.json")
+    tokenizer = read_json(folder, folder / TOKENIZER_JSON, MAX_TEXT_BYTES)
+    check_tokenizer_json(tokenizer, folder / TOKENIZER_JSON)
     present = [folder / n for n in TOKENIZER_FILES + OPTIONAL_TOKENIZER_FILES + CHAT_TEMPLATE_FILES
                if (folder / n).is_file() or (folder / n).is_symlink()]
     for path in present:

@@ -118,7 +118,7 @@ def build_decoder(
             # bundle's genai_config.json is written once, by genai_config.py, from it and the plan.
             og_config_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="og_genai_"))
             model.make_genai_config(config, hf_details["extra_kwargs"], og_config_dir)
-            genai = json.loads((Path(og_config_dir) / "genai_config.json").read_text())
+            genai = json.loads((Path(og_config_dir) / contract.GENAI_CONFIG_FILENAME).read_text())
     build = DecoderBuild(
         path=Path(output_dir) / genai["model"]["decoder"]["filename"],
         og_genai_config=genai,

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .vocab import QWEN3_VL_MODEL_TYPE
+
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -70,7 +72,7 @@ VIDEO_CONFIG_FILENAME = "video_preprocessor_config.json"
 
 # og 0.18's runtime: the model type its VLM pipeline accepts for Qwen3-VL (og's builder writes "qwen3vl"),
 # and the names og uses for a section's inputs/outputs when genai_config.json does not give them.
-OG_MODEL_TYPE = "qwen3_vl"
+OG_MODEL_TYPE = QWEN3_VL_MODEL_TYPE
 OG_DEFAULT_NAMES = {
     "vision": {"inputs": {"pixel_values": "pixel_values", "image_grid_thw": "image_sizes"},
                "outputs": {"image_features": "image_features"}},
@@ -84,9 +86,11 @@ OG_DEFAULT_NAMES = {
 }
 
 # Tokenizer files a checkpoint has (the first two required) and the bundle copies.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+TOKENIZER_JSON, TOKENIZER_CONFIG = "tokenizer.json", "tokenizer_config.json"
+TOKENIZER_FILES = (TOKENIZER_JSON, TOKENIZER_CONFIG)
 OPTIONAL_TOKENIZER_FILES = ("vocab.json", "merges.txt", "special_tokens_map.json", "added_tokens.json")
-CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
+CHAT_TEMPLATE_JINJA, CHAT_TEMPLATE_JSON = "chat_template.jinja", "chat_template.json"
+CHAT_TEMPLATE_FILES = (CHAT_TEMPLATE_JINJA, CHAT_TEMPLATE_JSON)
 
 _ONNX_FILES = (VISION.filename, EMBEDDING.filename, DECODER_FILENAME)
 # Every file name a bundle may hold: ``--overwrite`` replaces a folder holding only these.

@@ -11,10 +11,16 @@ from __future__ import annotations
 from pathlib import Path
 
 
+# The hub cache names a repository's folder "<kind>s--<owner>--<name>".
+HUB_REPO_PREFIXES = ("models--", "datasets--", "spaces--")
+
+
 def snapshot_blobs(root: Path) -> Path | None:
     """``<repo>/blobs`` when the resolved folder ``root`` is a hub cache snapshot ``<repo>/snapshots/<rev>``."""
-    blobs = root.parent.parent / "blobs"
-    return blobs.resolve() if root.parent.name == "snapshots" and blobs.is_dir() else None
+    repo = root.parent.parent
+    blobs = repo / "blobs"
+    in_cache = root.parent.name == "snapshots" and repo.name.startswith(HUB_REPO_PREFIXES)
+    return blobs.resolve() if in_cache and blobs.is_dir() else None
 
 
 def allowed_roots(folder: str | Path) -> tuple[Path, ...]:

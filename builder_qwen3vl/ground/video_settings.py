@@ -13,8 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .contract import PROCESSOR_CONFIG_FILENAME, VIDEO_CONFIG_FILENAME
 from .bundle_paths import bundle_file
+from .contract import PROCESSOR_CONFIG_FILENAME, VIDEO_CONFIG_FILENAME
+
+# What one picture or video may cost at run time, whoever wrote the numbers (a checkpoint, a bundle, a file's header).
+IMAGE_PIXEL_LIMIT = 100_000_000  # pixels of one decoded image or video frame (runtime/image_io.py says why)
+MAX_VIDEO_FRAMES = 10_000_000  # frames of one video (about 4 days at 30 fps)
+MAX_PATCH_SIZE = 1024  # patch_size and temporal_patch_size
+MAX_MERGE_SIZE = 64
+MAX_SETTINGS_BYTES = 16 << 20  # a bundle's processor or video config file
 
 # transformers 5.x ``Qwen3VLVideoProcessor`` class attributes (what ``Qwen3VLVideoProcessor()`` uses).
 HF_VIDEO_DEFAULTS: dict[str, Any] = {
@@ -103,6 +110,11 @@ class VideoSettings:
         for key, value in positive.items():
             if not value > 0:
                 raise ValueError(f"{where}: {key} is {value}, expected a positive number")
+        _at_most(where, {"size.shortest_edge": self.min_pixels, "size.longest_edge": self.max_pixels},
+                 IMAGE_PIXEL_LIMIT * max(1, self.temporal_patch_size))
+        _at_most(where, {"max_frames": self.max_frames, "num_frames": self.num_frames or 0}, MAX_VIDEO_FRAMES)
+        _at_most(where, {"patch_size": self.patch_size, "temporal_patch_size": self.temporal_patch_size}, MAX_PATCH_SIZE)
+        _at_most(where, {"merge_size": self.merge_size}, MAX_MERGE_SIZE)
         if self.min_frames > self.max_frames:
             raise ValueError(f"{where}: min_frames {self.min_frames} is above max_frames {self.max_frames}")
         if self.min_pixels > self.max_pixels:
@@ -130,8 +142,8 @@ class VideoSettings:
         the bundle folder (a symlink) is a ``BundlePathError`` (a ValueError)."""
         bundle = Path(bundle)
         path = bundle_file(bundle, VIDEO_CONFIG_FILENAME)
-        if path.is_file():
-            return cls.from_dict(_read(path), str(path))
+        if path.exists():  # a FIFO or a folder under that name is an error, not a missing file
+            return cls.from_dict(read_settings_json(path), str(path))
         attrs = _og_processor_attrs(bundle_file(bundle, PROCESSOR_CONFIG_FILENAME))
         patch, normalize = attrs.get("PatchImage", {}), attrs.get("Normalize", {})
         return cls.from_dict({k: v for k, v in {
@@ -186,7 +198,7 @@ class ImageSettings:
         attrs = _og_processor_attrs(path)
         resize, patch, normalize = attrs.get("Resize", {}), attrs.get("PatchImage", {}), attrs.get("Normalize", {})
         where, d = str(path), cls()
-        return cls(
+        settings = cls(
             min_pixels=_number(resize.get("min_pixels", d.min_pixels), "Resize.min_pixels", where),
             max_pixels=_number(resize.get("max_pixels", d.max_pixels), "Resize.max_pixels", where),
             patch_size=_number(patch.get("patch_size", d.patch_size), "PatchImage.patch_size", where),
@@ -196,12 +208,42 @@ class ImageSettings:
             image_mean=_triple(normalize.get("mean", d.image_mean), "Normalize.mean", where),
             image_std=_triple(normalize.get("std", d.image_std), "Normalize.std", where),
         )
+        check_image_settings(where, settings.min_pixels, settings.max_pixels, settings.patch_size, settings.merge_size)
+        return settings
 
 
-def _read(path: Path) -> dict[str, Any]:
+def check_image_settings(where: str, min_pixels: int, max_pixels: int, patch_size: int, merge_size: int) -> None:
+    """A bundle's image resize settings within what one picture may cost (ValueError: one line naming ``where``)."""
+    for key, value in (("min_pixels", min_pixels), ("max_pixels", max_pixels), ("patch_size", patch_size),
+                       ("merge_size", merge_size)):
+        if not value > 0:
+            raise ValueError(f"{where}: {key} is {value}, expected a positive number")
+    _at_most(where, {"min_pixels": min_pixels, "max_pixels": max_pixels}, IMAGE_PIXEL_LIMIT)
+    _at_most(where, {"patch_size": patch_size}, MAX_PATCH_SIZE)
+    _at_most(where, {"merge_size": merge_size}, MAX_MERGE_SIZE)
+    if min_pixels > max_pixels:
+        raise ValueError(f"{where}: min_pixels {min_pixels} is above max_pixels {max_pixels}")
+
+
+def _at_most(where: str, values: dict[str, int], limit: int) -> None:
+    for key, value in values.items():
+        if value > limit:
+            raise ValueError(f"{where}: {key} is {value}, expected at most {limit}")
+
+
+def read_settings_json(path: Path) -> dict[str, Any]:
+    """A bundle's settings file as a JSON object: a regular file of at most MAX_SETTINGS_BYTES (ValueError: one line)."""
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
+        if not path.is_file():
+            raise ValueError(f"{path}: not a regular file")
+        with path.open("rb") as f:
+            data = f.read(MAX_SETTINGS_BYTES + 1)
+        if len(data) > MAX_SETTINGS_BYTES:
+            raise ValueError(f"{path}: more than {MAX_SETTINGS_BYTES >> 20} MiB, expected a small JSON file")
+        doc = json.loads(data.decode("utf-8"))
+    except RecursionError:
+        raise ValueError(f"{path}: not readable JSON (nested too deeply)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: not readable JSON ({e})") from e
     if not isinstance(doc, dict):
         raise ValueError(f"{path}: expected a JSON object, found {type(doc).__name__}")
@@ -212,7 +254,7 @@ def _og_processor_attrs(path: Path) -> dict[str, dict[str, Any]]:
     """og's processor_config.json as {transform type: attrs}; {} when the file is absent."""
     if not path.is_file():
         return {}
-    transforms = (_read(path).get("processor") or {}).get("transforms") or []
+    transforms = (read_settings_json(path).get("processor") or {}).get("transforms") or []
     return {t["operation"]["type"]: t["operation"].get("attrs", {}) for t in transforms if "operation" in t}
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 # config.json "architectures" of the checkpoints this package reads (transformers' class names).
 QWEN3_VL_ARCHITECTURE = "Qwen3VLForConditionalGeneration"
 QWEN3_VL_MOE_ARCHITECTURE = "Qwen3VLMoeForConditionalGeneration"
+# config.json "model_type" of each (og 0.18's genai_config model.type is the dense one for both: contract.py).
+QWEN3_VL_MODEL_TYPE = "qwen3_vl"
+QWEN3_VL_MOE_MODEL_TYPE = "qwen3_vl_moe"
 
 # og's -p and -e vocabularies. Storage formats and precisions use og's -p names; graph element types are
 # numpy's ("float32", "float16").

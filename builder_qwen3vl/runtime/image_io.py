@@ -41,12 +41,12 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..ground.errors import InputError
+from ..ground.video_settings import IMAGE_PIXEL_LIMIT
 
 log = logging.getLogger(__name__)
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # "I": how some PIL plugins hand 16-bit grey
 READABLE = "PNG, JPEG, BMP, WebP, TIFF or GIF"
-IMAGE_PIXEL_LIMIT = 100_000_000  # pixels of one decoded image or video frame; the module docstring says why
 _PIL_BOMB = re.compile(r"\((\d+) pixels\) exceeds limit of (\d+) pixels")
 
 

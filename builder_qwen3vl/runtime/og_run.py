@@ -16,6 +16,7 @@ import numpy as np
 from ..ground import contract
 from ..ground.bundle_paths import bundle_file, check_bundle_paths
 from ..ground.tokens import IMAGE_TAG, SPECIAL_TOKENS, VIDEO_TAG, plain_text
+from ..ground.video_settings import check_image_settings, read_settings_json
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ def load_model(bundle: str | Path, threads: int | None = None) -> Any:
     """og.Model for ``bundle``; ``threads`` overrides the intra-op thread count the bundle's
     genai_config gives its three sessions (0 there: onnxruntime's default, every physical core).
 
-    The bundle path rule first (``bundle.paths``): a file og would read outside the bundle folder (a name in
+    The bundle path rule first (``ground/bundle_paths.py``): a file og would read outside the bundle folder (a name in
     genai_config.json, a symlink, an external data location) is a ``BundlePathError`` (a ValueError, one line
     naming the file and the key); what og itself rejects is its RuntimeError."""
     import onnxruntime_genai as og
@@ -53,10 +54,14 @@ def chat_prompt(tokenizer: Any, question: str, num_images: int = 0, system_promp
 
 def resize_settings(bundle: str | Path) -> dict[str, int]:
     """The Resize step of the bundle's processor_config.json, as keyword arguments of ``resize.resize_for_og``.
-    The file outside the bundle folder (a symlink) is a ``BundlePathError``."""
-    doc = json.loads(bundle_file(bundle, contract.PROCESSOR_CONFIG_FILENAME).read_text())
+    The file outside the bundle folder (a symlink) is a ``BundlePathError``; sizes past what one picture may cost
+    (``video_settings.check_image_settings``) a ValueError."""
+    path = bundle_file(bundle, contract.PROCESSOR_CONFIG_FILENAME)
+    doc = read_settings_json(path)
     attrs = next(t["operation"]["attrs"] for t in doc["processor"]["transforms"] if t["operation"]["type"] == "Resize")
-    return {k: int(attrs[k]) for k in ("patch_size", "merge_size", "min_pixels", "max_pixels")}
+    settings = {k: int(attrs[k]) for k in ("patch_size", "merge_size", "min_pixels", "max_pixels")}
+    check_image_settings(str(path), **settings)
+    return settings
 
 
 def greedy(model: Any, inputs: Any, max_new_tokens: int, *, keep_logits: bool = False) -> Iterator[tuple[int, np.ndarray | None]]:

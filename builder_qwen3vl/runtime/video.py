@@ -30,10 +30,9 @@ from PIL import Image
 
 from .image_io import IMAGE_PIXEL_LIMIT, check_pixels, header_size, read_image
 from ..ground.tokens import IMAGE_PAD, VIDEO_PAD, VIDEO_TAG, VISION_END, VISION_START  # noqa: F401 (re-exported)
-from ..ground.video_settings import ImageSettings, VideoSettings  # re-exported: `from builder_qwen3vl.video import VideoSettings`
+from ..ground.video_settings import MAX_VIDEO_FRAMES, ImageSettings, VideoSettings  # re-exported: `from builder_qwen3vl.video import VideoSettings`
 
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-MAX_VIDEO_FRAMES = 10_000_000  # frames of one video (about 4 days at 30 fps): a header or stream with more is refused
 
 log = logging.getLogger(__name__)
 

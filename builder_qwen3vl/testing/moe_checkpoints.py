@@ -25,7 +25,7 @@ from typing import Any
 
 from .checkpoints import _DTYPES, reference_json, tiny_config, to_5x_format
 from .random_init import random_tensor
-from ..ground.vocab import QWEN3_VL_MOE_ARCHITECTURE
+from ..ground.vocab import QWEN3_VL_MOE_ARCHITECTURE, QWEN3_VL_MOE_MODEL_TYPE
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +85,8 @@ def tiny_moe_config(
     """
     cfg = tiny_config(**dense)
     cfg["architectures"] = [QWEN3_VL_MOE_ARCHITECTURE]
-    cfg["model_type"] = "qwen3_vl_moe"
-    cfg["vision_config"]["model_type"] = "qwen3_vl_moe"
+    cfg["model_type"] = QWEN3_VL_MOE_MODEL_TYPE
+    cfg["vision_config"]["model_type"] = QWEN3_VL_MOE_MODEL_TYPE
     text = cfg["text_config"]
     text["model_type"] = "qwen3_vl_moe_text"
     text.update(copy.deepcopy(RELEASED_30B_A3B_MOE_KEYS))

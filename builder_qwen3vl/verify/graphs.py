@@ -72,7 +72,7 @@ def external_data_present(path: Path, proto: Any, report: VerifyReport, bundle: 
         try:
             data = bundle_file(bundle, location, f"{path.name} external data location", base=path.parent)
         except BundlePathError as e:
-            report.failures.append(str(e))
+            report.escape(str(e))
             return False
         if not data.is_file():
             report.failures.append(f"{location}: missing (external data of {path.name})")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..ground.errors import BuildError
+from ..ground.errors import BuildError, InputError
 
 
 class VerifyError(BuildError):
@@ -17,6 +17,13 @@ class VerifyReport:
     bundle: Path
     passed: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    # failures that are the bundle naming or holding files outside its folder: untrusted input, exit 2
+    escapes: list[str] = field(default_factory=list)
+
+    def escape(self, message: str) -> None:
+        """A file the bundle names or holds lies outside its folder."""
+        self.failures.append(message)
+        self.escapes.append(message)
 
     @property
     def ok(self) -> bool:
@@ -29,5 +36,8 @@ class VerifyReport:
         return out
 
     def raise_for_failure(self) -> None:
+        """InputError (exit 2) when the bundle reaches outside its folder, as for a checkpoint; else VerifyError."""
+        if self.escapes:
+            raise InputError(f"verify {self.bundle}: {self.escapes[0]}")
         if self.failures:
             raise VerifyError(f"verify {self.bundle}: {self.failures[0]}")

@@ -1,7 +1,7 @@
 """verify's static checks: files, graph inputs/outputs, one W everywhere, DeepStack wiring, processor config.
 
 No onnxruntime session: graphs are read with ``load_external_data=False`` (seconds even for 8B). Every file
-read, and every file the bundle names, must lie inside the bundle folder (``bundle.paths.bundle_file``, the
+read, and every file the bundle names, must lie inside the bundle folder (``ground.bundle_paths.bundle_file``, the
 rule the run-time helpers apply too); one that does not is a failed check naming the file and the key.
 """
 
@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ..ground.contract import GENAI_CONFIG_FILENAME as GENAI_CONFIG
 from ..ground.contract import OG_DEFAULT_NAMES, OG_MODEL_TYPE, TOKENIZER_FILES, VIDEO_CONFIG_FILENAME
 from ..ground.bundle_paths import BundlePathError, bundle_file
+from ..ground.tokens import ENDOFTEXT_ID
 from ..ground.video_settings import VideoSettings
 from .graphs import FLOAT_TYPES, Graph, dtype_of, expect, load_graph, text_hidden_size, unfed_inputs
 
@@ -57,7 +58,7 @@ def _inside(bundle: Path, name: Any, named_by: str | None, report: VerifyReport)
     try:
         return bundle_file(bundle, name, named_by)
     except BundlePathError as e:
-        report.failures.append(str(e))
+        report.escape(str(e))
         return None
 
 
@@ -92,7 +93,7 @@ def _config_fields(model: dict[str, Any], report: VerifyReport) -> bool:
     if model.get("pad_token_id") == 0:
         report.failures.append(
             f"{GENAI_CONFIG}: model.pad_token_id is 0: og would give every prompt token 0 ('!') position 0 and mask 0; "
-            "expected <|endoftext|> (151643)"
+            f"expected <|endoftext|> ({ENDOFTEXT_ID})"
         )
     if len(report.failures) == before:
         report.passed.append(f"{GENAI_CONFIG}: type {OG_MODEL_TYPE}, decoder.hidden_size {model['decoder']['hidden_size']}")

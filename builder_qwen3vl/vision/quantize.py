@@ -1,4 +1,4 @@
-"""The vision graph's weight formats (formats.py): fp16 storage, MatMulNBits, onnxruntime's dynamic int8.
+"""The vision graph's weight formats (ground/vocab.py, chosen by plan.resolve_vision_format): fp16 storage, MatMulNBits, onnxruntime's dynamic int8.
 
 The model's large tensors are placeholders (placeholders.py): onnxruntime's quantizers read each weight
 through ``WeightStore.readable`` when they reach it, and what they write comes back as placeholders too.
