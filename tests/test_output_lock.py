@@ -18,28 +18,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_bad_input import run_cli
+from test_bad_input import the_error_line as error_line
+from test_output_folder import NEW_FILES as FAKE_FILES
+from test_output_folder import snapshot as contents
 
 from builder_qwen3vl.bundle.output_folder import STAGING_PREFIX
-from builder_qwen3vl.cli import main
 
-FAKE_FILES = {"genai_config.json": "new", "model.onnx": "new model", "tokenizer.json": "{}"}
-
-
-def run_cli(capsys: pytest.CaptureFixture, *argv: str | Path) -> tuple[int, str]:
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
-
-
-def error_line(text: str) -> str:
-    assert "Traceback" not in text, text
-    lines = [line for line in text.splitlines() if line.startswith(("error:", "internal error:"))]
-    assert len(lines) == 1, text
-    return lines[0]
-
-
-def contents(folder: Path) -> dict[str, bytes | None]:
-    return {str(p.relative_to(folder)): (None if p.is_dir() else p.read_bytes()) for p in sorted(folder.rglob("*"))}
 
 
 def lock_is_free(folder: Path) -> bool:
