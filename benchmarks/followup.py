@@ -75,6 +75,7 @@ def one_round(model: Any, image: Image.Image, question: str) -> dict[str, float]
         pass
     new_tokens = conversation.length - before - ANSWER_TOKENS
     history = conversation.messages[:-1]
+    conversation.close()  # as a user asking anew would: one KV cache at a time
     text = conversation.tokenizer.apply_chat_template(messages=json.dumps(history), add_generation_prompt=True)
     params = og.GeneratorParams(model)
     params.set_search_options(do_sample=False, max_length=conversation.max_length)

@@ -67,6 +67,12 @@ class Conversation:
         """Tokens in the generator's sequence (0 before the first question)."""
         return 0 if self._generator is None else len(self._generator.get_sequence(0))
 
+    def close(self) -> None:
+        """Let go of the generator and its KV cache (sized by ``max_length``); a next question starts anew."""
+        self._generator = None
+        self._processed = ""
+        self._pending = None
+
     def ask(self, question: str, max_new_tokens: int = 64) -> list[int]:
         """The answer's token ids (without the end-of-turn token), greedy; see ``stream`` for the pieces."""
         return [token for token, _ in self.stream(question, max_new_tokens)]
