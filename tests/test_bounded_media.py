@@ -22,9 +22,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from builder_qwen3vl.runtime import video as video_module
+from builder_qwen3vl.runtime import video_frames as video_module
 from builder_qwen3vl.runtime.image_io import IMAGE_PIXEL_LIMIT, ImageReadError, read_image
-from builder_qwen3vl.runtime.video import (FrameFolder, VideoFile, VideoSettings, preprocess_video, read_frames,
+from builder_qwen3vl.runtime.video_frames import FrameFolder, VideoFile
+from builder_qwen3vl.runtime.video import (VideoSettings, preprocess_video, read_frames,
                                            sample_indices)
 
 av = pytest.importorskip("av")
