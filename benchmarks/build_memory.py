@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_docs_section  # noqa: E402
 log = logging.getLogger("benchmarks.build_memory")
 ROOT = Path(__file__).resolve().parents[1]
 GIB = 1 << 30
@@ -451,18 +452,6 @@ def markdown(results: dict[str, Any], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_docs(text: str, docs: Path) -> None:
-    """Replace (or append) the section in docs/benchmarks.md."""
-    page = docs.read_text() if docs.exists() else ""
-    start = page.find(DOCS_SECTION)
-    if start < 0:
-        page = page.rstrip("\n") + "\n\n" + text
-    else:
-        nxt = page.find("\n## ", start + len(DOCS_SECTION))
-        page = page[:start] + text + (page[nxt + 1 :] if nxt >= 0 else "")
-    docs.write_text(page)
-
-
 # ---------------------------------------------------------------- main
 
 
@@ -556,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(results, command)
     print(text)
     if args.docs:
-        write_docs(text, args.docs)
+        write_docs_section(DOCS_SECTION, text, args.docs)
     return 0
 
 

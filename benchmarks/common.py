@@ -142,3 +142,25 @@ def benchmark_images(settings: Settings) -> list[dict[str, Any]]:
 def hf_vision_output_path(settings: Settings, image_name: str) -> Path:
     """HF fp32's vision output for one benchmark image, saved by measure_hf for the parity of ours."""
     return Path(settings.work) / f"hf_vision_fp32_{image_name}.npy"
+
+
+def cpu_info() -> dict[str, Any]:
+    """The CPU's model name, the SIMD instruction sets that decide int8 and fp32 GEMM speed, and the logical CPUs."""
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "unknown")
+    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+    isa = [name for flag, name in (("avx2", "AVX2"), ("avx512f", "AVX512"), ("avx512_vnni", "AVX512-VNNI"),
+                                   ("avx_vnni", "AVX-VNNI"), ("amx_int8", "AMX-INT8")) if flag in flags]
+    return {"model": model, "isa": isa, "logical_cpus": text.count("processor\t:")}
+
+
+def write_docs_section(heading: str, text: str, docs: Path) -> None:
+    """Replace the section of ``docs`` that starts with ``heading`` (up to the next ``## ``) by ``text``, or append it."""
+    page = docs.read_text() if docs.exists() else ""
+    start = page.find(heading)
+    if start < 0:
+        page = page.rstrip("\n") + "\n\n" + text
+    else:
+        nxt = page.find("\n## ", start + len(heading))
+        page = page[:start] + text + (page[nxt + 1 :] if nxt >= 0 else "")
+    docs.write_text(page)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import platform
 import statistics
 import sys
 import time
@@ -27,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import QUESTION_TOKENS, question_text  # noqa: E402
+from common import QUESTION_TOKENS, cpu_info, question_text, write_docs_section  # noqa: E402
 from run import cache_root, ensure_checkpoint  # noqa: E402
 
 DOCS_SECTION = "## A follow-up question (`benchmarks/followup.py`)"
@@ -36,14 +35,8 @@ ANSWER_TOKENS = 8
 
 
 def cpu_kind() -> str:
-    """The CPU's model name and the widest of its SIMD instruction sets that matter here (AVX2 / AVX512 / VNNI)."""
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
-                platform.machine())
-    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
-    isa = ("AVX512-VNNI" if "avx512_vnni" in flags else "AVX512" if "avx512f" in flags
-           else "AVX2" if "avx2" in flags else "no AVX2")
-    return f"{name} ({isa}, {len([ln for ln in info.splitlines() if ln.startswith('processor')])} logical CPUs)"
+    cpu = cpu_info()
+    return f"{cpu['model']} ({', '.join(cpu['isa']) or 'no AVX2'}, {cpu['logical_cpus']} logical CPUs)"
 
 
 def picture(width: int = 448, height: int = 448, seed: int = 0) -> Image.Image:
@@ -103,17 +96,6 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_docs(text: str, docs: Path) -> None:
-    page = docs.read_text() if docs.exists() else ""
-    start = page.find(DOCS_SECTION)
-    if start < 0:
-        page = page.rstrip("\n") + "\n\n" + text
-    else:
-        nxt = page.find("\n## ", start + len(DOCS_SECTION))
-        page = page[:start] + text + (page[nxt + 1:] if nxt >= 0 else "")
-    docs.write_text(page)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shape", default="2b")
@@ -146,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(results)
     print(text)
     if args.docs:
-        write_docs(text, args.docs)
+        write_docs_section(DOCS_SECTION, text, args.docs)
     return 0
 
 

@@ -26,6 +26,9 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import cpu_info, write_docs_section  # noqa: E402
+
 DOCS_SECTION = "## GEMM throughput through onnxruntime (`benchmarks/gemm_limits.py`)"
 # (model part, M, K, N, label)
 SHAPES: list[tuple[str, int, int, int, str]] = [
@@ -126,15 +129,6 @@ def measure(threads: list[int], repeats: int, warmups: int) -> list[dict]:
     return rows
 
 
-def cpu_info() -> dict:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "unknown")
-    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
-    isa = [name for flag, name in (("avx2", "AVX2"), ("avx512f", "AVX512"), ("avx512_vnni", "AVX512-VNNI"),
-                                   ("avx_vnni", "AVX-VNNI"), ("amx_int8", "AMX-INT8")) if flag in flags]
-    return {"model": model, "isa": isa, "logical_cpus": text.count("processor\t:")}
-
-
 def table(rows: list[dict], part: str, threads: int) -> list[str]:
     out = [f"| {part}, {threads} thread{'s' if threads > 1 else ''} | " + " | ".join(KERNELS) + " |",
            "|---" * (len(KERNELS) + 1) + "|"]
@@ -198,17 +192,6 @@ def sentences(rows: list[dict], threads: list[int]) -> list[str]:
     return [" ".join(out)]
 
 
-def write_docs(text: str, docs: Path) -> None:
-    page = docs.read_text() if docs.exists() else ""
-    start = page.find(DOCS_SECTION)
-    if start < 0:
-        page = page.rstrip("\n") + "\n\n" + text
-    else:
-        nxt = page.find("\n## ", start + len(DOCS_SECTION))
-        page = page[:start] + text + (page[nxt + 1:] if nxt >= 0 else "")
-    docs.write_text(page)
-
-
 def main(argv: list[str] | None = None) -> int:
     import onnxruntime as ort
 
@@ -232,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     if args.docs:
-        write_docs(text, args.docs)
+        write_docs_section(DOCS_SECTION, text, args.docs)
     return 0
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 import shutil
 import sys
 from pathlib import Path
 
 import pytest
+from fake_bundle import NEW_FILES, write_files
 from stub_tokenizer import write_stub_tokenizer
 
 from builder_qwen3vl.testing.checkpoints import tiny_config, write_checkpoint
@@ -43,3 +45,18 @@ def shipped_fp32_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     checkpoint = shipped_checkpoint(tmp_path_factory.mktemp("shipped_cache"))
     return build(BuildOptions(input=checkpoint, output=tmp_path_factory.mktemp("shipped") / "fp32", precision="fp32"))
+
+
+@pytest.fixture()
+def fake_exporters(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Replace the exporters with one that writes NEW_FILES (safetensors-like 0600); returns the staging folders used."""
+    build_module = importlib.import_module("builder_qwen3vl.pipeline")
+    used: list[Path] = []
+
+    def fake_write_bundle(ckpt, plan, options, out: Path) -> None:
+        used.append(out)
+        write_files(out, NEW_FILES)
+        (out / "model.onnx").chmod(0o600)
+
+    monkeypatch.setattr(build_module, "write_bundle", fake_write_bundle)
+    return used

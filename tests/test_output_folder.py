@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from fake_bundle import NEW_FILES, write_files
+
 from builder_qwen3vl.cli import main
 from builder_qwen3vl.bundle.output_folder import STAGING_PREFIX
 
-NEW_FILES = {"genai_config.json": "new", "model.onnx": "new model", "tokenizer.json": "{}"}
 OLD_FILES = {"genai_config.json": "old", "model.onnx": "old model", "vision_encoder.onnx.data": "old data"}
 
 
@@ -39,28 +40,6 @@ def error_line(text: str) -> str:
 def snapshot(folder: Path) -> dict[str, bytes | None]:
     """Every path under ``folder`` with its bytes (None for folders)."""
     return {str(p.relative_to(folder)): (None if p.is_dir() else p.read_bytes()) for p in sorted(folder.rglob("*"))}
-
-
-def write_files(folder: Path, files: dict[str, str]) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        (folder / name).write_text(text)
-    return folder
-
-
-@pytest.fixture()
-def fake_exporters(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
-    """Replace the exporters with one that writes NEW_FILES (safetensors-like 0600); returns the staging folders used."""
-    build_module = importlib.import_module("builder_qwen3vl.pipeline")
-    used: list[Path] = []
-
-    def fake_write_bundle(ckpt, plan, options, out: Path) -> None:
-        used.append(out)
-        write_files(out, NEW_FILES)
-        (out / "model.onnx").chmod(0o600)
-
-    monkeypatch.setattr(build_module, "write_bundle", fake_write_bundle)
-    return used
 
 
 def test_output_containing_input_is_refused(small_ckpt: Path, fake_exporters: list[Path], capsys) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from test_bad_input import run_cli
 from test_bad_input import the_error_line as error_line
-from test_output_folder import NEW_FILES as FAKE_FILES
+from fake_bundle import NEW_FILES as FAKE_FILES
 from test_output_folder import snapshot as contents
 
 from builder_qwen3vl.bundle.output_folder import STAGING_PREFIX
@@ -69,21 +69,6 @@ def buildable_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from builder_qwen3vl.testing.checkpoints import tiny_config, write_checkpoint
 
     return write_checkpoint(tmp_path_factory.mktemp("buildable"), tiny_config())
-
-
-@pytest.fixture()
-def fake_exporters(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
-    """Exporters that write FAKE_FILES (the folder rules do not depend on what the files hold)."""
-    build_module = importlib.import_module("builder_qwen3vl.pipeline")
-    used: list[Path] = []
-
-    def fake_write_bundle(ckpt, plan, options, out: Path) -> None:
-        used.append(out)
-        for name, text in FAKE_FILES.items():
-            (out / name).write_text(text)
-
-    monkeypatch.setattr(build_module, "write_bundle", fake_write_bundle)
-    return used
 
 
 @pytest.fixture()

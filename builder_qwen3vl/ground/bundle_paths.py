@@ -24,6 +24,10 @@ from .folder_rule import lies_inside
 GENAI_FILE_KEYS = (("decoder", "filename"), ("embedding", "filename"), ("vision", "filename"), ("vision", "config_filename"))
 
 
+MAX_JSON_BYTES = 16 << 20  # a bundle's config files (genai_config, processor and video configs)
+MAX_TOKENIZER_BYTES = 64 << 20  # tokenizer.json (the released one is about 11 MiB)
+
+
 class BundlePathError(ValueError):
     """A bundle names or holds a file outside its folder; the message is one line naming the file and the key."""
 
@@ -69,8 +73,8 @@ def genai_file_names(config: Path) -> Iterator[tuple[str, Any]]:
     """("genai_config.json model.<section>.<key>", the name) for each file genai_config.json names; nothing when
     the file is not the JSON object og expects (og then reports it)."""
     try:
-        model = json.loads(config.read_text(encoding="utf-8")).get("model")
-    except (OSError, ValueError, AttributeError):
+        model = read_bundle_json(config).get("model")
+    except ValueError:
         return
     for section, key in GENAI_FILE_KEYS:
         part = model.get(section) if isinstance(model, dict) else None
@@ -148,3 +152,22 @@ def _varint(data: Any, pos: int) -> tuple[int, int]:
         shift += 7
         if shift > 63:
             raise ValueError("varint too long")
+
+
+def read_bundle_json(path: Path, limit: int = MAX_JSON_BYTES) -> dict[str, Any]:
+    """A bundle's JSON file as an object: a regular file of at most ``limit`` bytes (ValueError: one line naming it)."""
+    try:
+        if not path.is_file():
+            raise ValueError(f"{path}: not a regular file")
+        with path.open("rb") as f:
+            data = f.read(limit + 1)
+        if len(data) > limit:
+            raise ValueError(f"{path}: more than {limit >> 20} MiB, expected at most that for this file")
+        doc = json.loads(data.decode("utf-8"))
+    except RecursionError:
+        raise ValueError(f"{path}: not readable JSON (nested too deeply)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not readable JSON ({e})") from e
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: expected a JSON object, found {type(doc).__name__}")
+    return doc

@@ -4,18 +4,15 @@ how a user's text stays text (``plain_text``)."""
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from .bundle_paths import bundle_file
+from .bundle_paths import MAX_TOKENIZER_BYTES, bundle_file, read_bundle_json
 from .contract import TOKENIZER_JSON
 
 log = logging.getLogger(__name__)
-
-MAX_TOKENIZER_BYTES = 64 << 20  # the released tokenizer.json is about 11 MiB
 
 IMAGE_PAD = "<|image_pad|>"
 VIDEO_PAD = "<|video_pad|>"
@@ -72,11 +69,9 @@ def special_tokens(bundle: str | Path) -> tuple[str, ...]:
     the bundle and says why); a tokenizer.json outside the bundle folder is a ``BundlePathError``."""
     path = bundle_file(bundle, TOKENIZER_JSON)
     try:
-        if not path.is_file() or path.stat().st_size > MAX_TOKENIZER_BYTES:
-            raise ValueError(f"not a regular file of at most {MAX_TOKENIZER_BYTES >> 20} MiB")
-        added = json.loads(path.read_text(encoding="utf-8"))["added_tokens"]
+        added = read_bundle_json(path, MAX_TOKENIZER_BYTES)["added_tokens"]
         found = tuple(t["content"] for t in added if t.get("special") and isinstance(t.get("content"), str))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         log.debug("%s: no added_tokens read (%s); using the released special tokens", path, e)
         return SPECIAL_TOKENS
     return SPECIAL_TOKENS + tuple(t for t in found if t not in SPECIAL_TOKENS)

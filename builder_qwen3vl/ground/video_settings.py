@@ -7,13 +7,12 @@ here as data so the run time needs neither transformers nor PyTorch. docs/video.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .bundle_paths import bundle_file
+from .bundle_paths import bundle_file, read_bundle_json
 from .contract import PROCESSOR_CONFIG_FILENAME, VIDEO_CONFIG_FILENAME
 
 # What one picture or video may cost at run time, whoever wrote the numbers (a checkpoint, a bundle, a file's header).
@@ -21,7 +20,6 @@ IMAGE_PIXEL_LIMIT = 100_000_000  # pixels of one decoded image or video frame (r
 MAX_VIDEO_FRAMES = 10_000_000  # frames of one video (about 4 days at 30 fps)
 MAX_PATCH_SIZE = 1024  # patch_size and temporal_patch_size
 MAX_MERGE_SIZE = 64
-MAX_SETTINGS_BYTES = 16 << 20  # a bundle's processor or video config file
 
 # transformers 5.x ``Qwen3VLVideoProcessor`` class attributes (what ``Qwen3VLVideoProcessor()`` uses).
 HF_VIDEO_DEFAULTS: dict[str, Any] = {
@@ -143,7 +141,7 @@ class VideoSettings:
         bundle = Path(bundle)
         path = bundle_file(bundle, VIDEO_CONFIG_FILENAME)
         if path.exists():  # a FIFO or a folder under that name is an error, not a missing file
-            return cls.from_dict(read_settings_json(path), str(path))
+            return cls.from_dict(read_bundle_json(path), str(path))
         attrs = _og_processor_attrs(bundle_file(bundle, PROCESSOR_CONFIG_FILENAME))
         patch, normalize = attrs.get("PatchImage", {}), attrs.get("Normalize", {})
         return cls.from_dict({k: v for k, v in {
@@ -231,30 +229,11 @@ def _at_most(where: str, values: dict[str, int], limit: int) -> None:
             raise ValueError(f"{where}: {key} is {value}, expected at most {limit}")
 
 
-def read_settings_json(path: Path) -> dict[str, Any]:
-    """A bundle's settings file as a JSON object: a regular file of at most MAX_SETTINGS_BYTES (ValueError: one line)."""
-    try:
-        if not path.is_file():
-            raise ValueError(f"{path}: not a regular file")
-        with path.open("rb") as f:
-            data = f.read(MAX_SETTINGS_BYTES + 1)
-        if len(data) > MAX_SETTINGS_BYTES:
-            raise ValueError(f"{path}: more than {MAX_SETTINGS_BYTES >> 20} MiB, expected a small JSON file")
-        doc = json.loads(data.decode("utf-8"))
-    except RecursionError:
-        raise ValueError(f"{path}: not readable JSON (nested too deeply)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not readable JSON ({e})") from e
-    if not isinstance(doc, dict):
-        raise ValueError(f"{path}: expected a JSON object, found {type(doc).__name__}")
-    return doc
-
-
 def _og_processor_attrs(path: Path) -> dict[str, dict[str, Any]]:
     """og's processor_config.json as {transform type: attrs}; {} when the file is absent."""
     if not path.is_file():
         return {}
-    transforms = (read_settings_json(path).get("processor") or {}).get("transforms") or []
+    transforms = (read_bundle_json(path).get("processor") or {}).get("transforms") or []
     return {t["operation"]["type"]: t["operation"].get("attrs", {}) for t in transforms if "operation" in t}
 
 

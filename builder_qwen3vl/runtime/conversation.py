@@ -21,7 +21,6 @@ Special tokens typed in a question stay text (``tokens.plain_text``); pictures c
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -29,8 +28,9 @@ from typing import Any
 
 from PIL import Image
 
-from ..ground.tokens import EOS_IDS, IMAGE_TAG, SPECIAL_TOKENS, plain_text
+from ..ground.tokens import EOS_IDS, SPECIAL_TOKENS
 from .image_io import og_images
+from .og_run import render, system_turn, user_turn
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class Conversation:
         self.processor = model.create_multimodal_processor()
         self.messages: list[dict[str, str]] = []
         if system_prompt:
-            self.messages.append({"role": "system", "content": plain_text(system_prompt, self.special_tokens)})
+            self.messages.append(system_turn(system_prompt, self.special_tokens))
         params = og.GeneratorParams(model)
         self.max_length = int(max_length or params.get_search_options()["max_length"])
         self._generator: Any = None
@@ -85,9 +85,8 @@ class Conversation:
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens={max_new_tokens}: expected an integer >= 1")
         first = not any(m["role"] == "user" for m in self.messages)
-        tags = IMAGE_TAG * len(self.images) if first else ""
-        self.messages.append({"role": "user", "content": tags + plain_text(question, self.special_tokens)})
-        text = self._render()
+        self.messages.append(user_turn(question, len(self.images) if first else 0, special_tokens=self.special_tokens))
+        text = render(self.tokenizer, self.messages)
         try:
             self._feed(text)
         except BaseException:
@@ -111,9 +110,6 @@ class Conversation:
         reply = self.tokenizer.decode(answer) if answer else ""
         self.messages.append({"role": "assistant", "content": reply})
         self._processed = text + reply
-
-    def _render(self) -> str:
-        return self.tokenizer.apply_chat_template(messages=json.dumps(self.messages), add_generation_prompt=True)
 
     def _feed(self, text: str) -> None:
         """Give the generator the part of ``text`` it has not taken in yet (all of it on the first question)."""

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 
 from ..ground import contract
-from ..ground.bundle_paths import bundle_file, check_bundle_paths
+from ..ground.bundle_paths import bundle_file, check_bundle_paths, read_bundle_json
 from ..ground.tokens import IMAGE_TAG, SPECIAL_TOKENS, VIDEO_TAG, plain_text
-from ..ground.video_settings import check_image_settings, read_settings_json
+from ..ground.video_settings import check_image_settings
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +46,23 @@ def chat_prompt(tokenizer: Any, question: str, num_images: int = 0, system_promp
     (``tokens.plain_text``), so they never become a placeholder, a vision marker or a turn. Visual tags come
     only from ``num_videos`` and ``num_images``. ``special_tokens``: the bundle's (``tokens.special_tokens``);
     the released vocabulary's are always included."""
-    messages = [{"role": "system", "content": plain_text(system_prompt, special_tokens)}] if system_prompt else []
-    tags = VIDEO_TAG * num_videos + IMAGE_TAG * num_images
-    messages.append({"role": "user", "content": tags + plain_text(question, special_tokens)})
+    messages = [system_turn(system_prompt, special_tokens)] if system_prompt else []
+    messages.append(user_turn(question, num_images, num_videos, special_tokens))
+    return render(tokenizer, messages)
+
+
+def system_turn(text: str, special_tokens: Iterable[str] = SPECIAL_TOKENS) -> dict[str, str]:
+    return {"role": "system", "content": plain_text(text, special_tokens)}
+
+
+def user_turn(question: str, num_images: int = 0, num_videos: int = 0,
+              special_tokens: Iterable[str] = SPECIAL_TOKENS) -> dict[str, str]:
+    """One user message: the video tags, the image tags, then the question kept as text."""
+    return {"role": "user", "content": VIDEO_TAG * num_videos + IMAGE_TAG * num_images + plain_text(question, special_tokens)}
+
+
+def render(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+    """The bundle's chat template (og.Tokenizer) over ``messages``, ending with the assistant's turn opened."""
     return tokenizer.apply_chat_template(messages=json.dumps(messages), add_generation_prompt=True)
 
 
@@ -57,7 +71,7 @@ def resize_settings(bundle: str | Path) -> dict[str, int]:
     The file outside the bundle folder (a symlink) is a ``BundlePathError``; sizes past what one picture may cost
     (``video_settings.check_image_settings``) a ValueError."""
     path = bundle_file(bundle, contract.PROCESSOR_CONFIG_FILENAME)
-    doc = read_settings_json(path)
+    doc = read_bundle_json(path)
     attrs = next(t["operation"]["attrs"] for t in doc["processor"]["transforms"] if t["operation"]["type"] == "Resize")
     settings = {k: int(attrs[k]) for k in ("patch_size", "merge_size", "min_pixels", "max_pixels")}
     check_image_settings(str(path), **settings)
