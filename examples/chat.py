@@ -34,6 +34,7 @@ from PIL import Image
 from builder_qwen3vl.ground.bundle_paths import BundlePathError
 from builder_qwen3vl.ground.contract import GENAI_CONFIG_FILENAME, PROCESSOR_CONFIG_FILENAME
 from builder_qwen3vl.ground.errors import InputError
+from builder_qwen3vl.ground.video_settings import SettingsLimitError
 from builder_qwen3vl.runtime.conversation import Conversation
 from builder_qwen3vl.runtime.image_io import ImageReadError, og_images, read_image
 from builder_qwen3vl.runtime.og_run import chat_prompt, greedy, load_model, resize_settings
@@ -57,6 +58,8 @@ def read_images(paths: Sequence[str], bundle: str, exact_grid: bool = True) -> l
         settings = resize_settings(bundle)
     except BundlePathError:
         raise
+    except SettingsLimitError as e:  # names the file and the key already
+        raise InputError(f"-m {bundle}: {e}") from None
     except (KeyError, StopIteration, TypeError, ValueError) as e:  # a hand-edited or foreign processor_config.json
         raise InputError(f"-m {bundle}: processor_config.json has no usable Resize step ({type(e).__name__}: {e}); "
                          "expected the one builder_qwen3vl writes") from None

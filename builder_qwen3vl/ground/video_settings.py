@@ -223,10 +223,14 @@ def check_image_settings(where: str, min_pixels: int, max_pixels: int, patch_siz
         raise ValueError(f"{where}: min_pixels {min_pixels} is above max_pixels {max_pixels}")
 
 
+class SettingsLimitError(ValueError):
+    """A settings file asks for more than one picture or video may cost; the message names the file and the key."""
+
+
 def _at_most(where: str, values: dict[str, int], limit: int) -> None:
     for key, value in values.items():
         if value > limit:
-            raise ValueError(f"{where}: {key} is {value}, expected at most {limit}")
+            raise SettingsLimitError(f"{where}: {key} is {value}, expected at most {limit}")
 
 
 def _og_processor_attrs(path: Path) -> dict[str, dict[str, Any]]:
