@@ -2,6 +2,7 @@
 
     python -m builder_qwen3vl -i CKPT -o OUT [-p int4] [--verify]     build a bundle
     python -m builder_qwen3vl verify OUT [--static-only]             check a bundle
+    python -m builder_qwen3vl serve OUT [--port 8000]                serve it as an OpenAI-compatible endpoint
 
 Exit codes: 0 success; 2 bad input or usage (the message names the file or option), or an ``-o``
 another build is writing (the message names its pid); 1 a failure while building or verifying
@@ -18,7 +19,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .ground.errors import BuildError
+from .ground.errors import BuildError, InputError
 from .ground.logs import configure_logging
 from .ground.vocab import EXECUTION_PROVIDERS, PRECISIONS
 from .options import OWN_EXTRA_OPTIONS, BuildOptions, parse_extra_options
@@ -26,6 +27,8 @@ from .options import OWN_EXTRA_OPTIONS, BuildOptions, parse_extra_options
 log = logging.getLogger("builder_qwen3vl")
 
 VERIFY_COMMAND = "verify"
+SERVE_COMMAND = "serve"
+SERVE_EXTRA = 'pip install "builder-qwen3vl[serve]"'
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -33,7 +36,8 @@ def make_parser() -> argparse.ArgumentParser:
         prog="builder-qwen3vl",
         description="Build an onnxruntime-genai bundle (vision, embeddings, DeepStack decoder, configs) "
         "from a Hugging Face Qwen3-VL checkpoint folder.",
-        epilog=f"To check an existing bundle: python -m builder_qwen3vl {VERIFY_COMMAND} BUNDLE [--static-only]",
+        epilog=f"To check an existing bundle: python -m builder_qwen3vl {VERIFY_COMMAND} BUNDLE [--static-only]; "
+        f"to serve one: python -m builder_qwen3vl {SERVE_COMMAND} BUNDLE",
     )
     p.add_argument("-i", "--input", required=True, help="HF checkpoint folder (config.json, safetensors, tokenizer)")
     p.add_argument("-o", "--output", required=True, help="bundle folder to write")
@@ -65,12 +69,37 @@ def make_verify_parser() -> argparse.ArgumentParser:
     return p
 
 
+def make_serve_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=f"builder-qwen3vl {SERVE_COMMAND}",
+        description="Serve a bundle as an OpenAI-compatible chat endpoint (/v1/chat/completions, /v1/models, /health; "
+        f"docs/serve.md). Needs the serve extra: {SERVE_EXTRA}",
+    )
+    p.add_argument("bundle", help="bundle folder (with genai_config.json)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--api-key", default=None, help="require Authorization: Bearer KEY on /v1/ (default: no key)")
+    p.add_argument("--model-name", default=None, help="the model id of /v1/models (default: the bundle folder's name)")
+    p.add_argument("--max-concurrent", type=int, default=2, help="generators running at once (default 2)")
+    p.add_argument("--max-queue", type=int, default=16, help="requests waiting for a generator; more get 429 (default 16)")
+    p.add_argument("--cache-slots", type=int, default=4, help="generators kept for the prompt cache (default 4; 0: off)")
+    p.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body in MiB; more get 413 (default 32)")
+    p.add_argument("--allow-remote-images", action="store_true", help="fetch http(s) image URLs (default: data: URLs only)")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads per og session (default: the bundle's)")
+    p.add_argument("-v", "--verbose", action="store_true", help="access log and other libraries' output")
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == [VERIFY_COMMAND]:
         args = make_verify_parser().parse_args(argv[1:])
         configure_logging(args.verbose)
         return _guarded(lambda: _verify(Path(args.bundle), run=not args.static_only, max_new_tokens=args.max_new_tokens))
+    if argv[:1] == [SERVE_COMMAND]:
+        args = make_serve_parser().parse_args(argv[1:])
+        configure_logging(args.verbose)
+        return _guarded(lambda: _serve(args))
     args = make_parser().parse_args(argv)
     configure_logging(args.verbose)
     return _guarded(lambda: _build(args))
@@ -107,6 +136,29 @@ def _verify(bundle: Path, *, run: bool, max_new_tokens: int = 4) -> int:
     log.info("%s", report.lines()[-1])
     report.raise_for_failure()
     return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    folder = Path(args.bundle)
+    if not (folder / "genai_config.json").is_file():
+        raise InputError(f"{SERVE_COMMAND} {folder}: " + ("no genai_config.json (expected a bundle folder written by "
+                         "builder_qwen3vl)" if folder.is_dir() else "no such bundle folder"))
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        raise InputError(f"{SERVE_COMMAND}: needs {e.name} (the serve extra): {SERVE_EXTRA}") from None
+    from .serve.main import run, settings_from
+
+    try:
+        settings_from(args).check()
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    try:
+        return run(args)
+    except (ValueError, RuntimeError) as e:  # a bundle og or the bundle readers refuse: one line
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise InputError(f"{SERVE_COMMAND} {folder}: cannot load the bundle ({reason})") from None
 
 
 def _guarded(action) -> int:

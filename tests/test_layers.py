@@ -50,6 +50,7 @@ UPWARD_ARROWS = [
     ("plan.py", "from .vision import export", "build-time floors"),
     ("runtime/og_run.py", "from ..bundle import genai_config", "run time stands on the ground"),
     ("verify/static_checks.py", "from ..plan import BuildPlan", "verify stands on run time and the ground"),
+    ("serve/engine.py", "from ..plan import BuildPlan", "serve stands on run time and the ground"),
     ("shipped/assembly.py", "from ..testing import checkpoints", "the demo needs no test code"),
     ("vision/proto_stream.py", "from . import placeholders", "no circles"),
 ]

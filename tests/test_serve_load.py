@@ -1,0 +1,88 @@
+"""The server under a bounded load on loopback: 8 clients at once each get their own answer; a client that hangs
+up mid-stream frees its slot; a full queue answers 429 with Retry-After at once, and the server goes on serving."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from serve_helpers import KEY, Server, ask, serving
+
+from builder_qwen3vl.shipped import shapes_task
+
+CLIENTS = 8
+LONG = {"max_tokens": 3000, "temperature": 0, "ignore_eos": True}  # ~20 s of tokens on the tiny model
+
+
+@pytest.fixture(scope="module")
+def server(shipped_fp32_bundle: Path) -> Iterator[Server]:
+    with serving(shipped_fp32_bundle, "--max-concurrent", "2", "--max-queue", "16") as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def one_slot(shipped_fp32_bundle: Path) -> Iterator[Server]:
+    with serving(shipped_fp32_bundle, "--max-concurrent", "1", "--max-queue", "1") as s:
+        yield s
+
+
+def answer(server: Server, s: shapes_task.Sample) -> str:
+    reply = server.client().chat.completions.create(model="m", messages=[ask(s.image, s.question)], temperature=0)
+    return reply.choices[0].message.content
+
+
+def test_eight_clients_at_once_each_get_their_own_answer(server: Server) -> None:
+    samples = [shapes_task.make_sample(shapes_task.HELD_OUT_SEED, 10 + i) for i in range(CLIENTS)]
+    alone = [answer(server, s) for s in samples]
+    start = time.monotonic()
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        together = list(pool.map(lambda s: answer(server, s), samples))
+    assert together == alone
+    assert time.monotonic() - start < 60
+    assert server.health()["active"] == 0
+
+
+def _long_stream(server: Server, chunks: int, closed: threading.Event) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "Is there a circle?"}], "stream": True, **LONG}
+    with httpx.stream("POST", server.base + "/v1/chat/completions", json=body, timeout=120,
+                      headers={"Authorization": f"Bearer {KEY}"}) as response:
+        assert response.status_code == 200
+        for i, _ in enumerate(response.iter_lines()):
+            if i >= chunks:
+                break
+    closed.set()
+
+
+def test_a_client_that_hangs_up_frees_its_slot(one_slot: Server) -> None:
+    closed = threading.Event()
+    _long_stream(one_slot, 5, closed)  # reads a few chunks of a long answer, then closes the connection
+    start = time.monotonic()
+    s = shapes_task.make_sample(shapes_task.HELD_OUT_SEED, 20)
+    assert answer(one_slot, s)
+    assert time.monotonic() - start < 5, "the next request waited for the abandoned generation"
+    assert one_slot.health()["active"] == 0
+
+
+def test_a_full_queue_answers_429_at_once(one_slot: Server) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "Is there a square?"}], **LONG}
+    busy = [threading.Thread(target=one_slot.post, args=(body,), kwargs={"timeout": 3}) for _ in range(2)]
+    for t in busy:  # one generating, one waiting: the queue of one is full
+        t.start()
+        time.sleep(0.5)
+    start = time.monotonic()
+    refused = one_slot.post({**body, "max_tokens": 4})
+    assert time.monotonic() - start < 2
+    assert refused.status_code == 429 and refused.headers["Retry-After"].isdigit()
+    assert refused.json()["error"]["code"] == "queue_full"
+    for t in busy:  # their clients time out and hang up: both slots come free
+        t.join()
+    deadline = time.monotonic() + 10
+    while one_slot.health()["active"] or one_slot.health()["queued"]:
+        assert time.monotonic() < deadline, one_slot.health()
+        time.sleep(0.2)
+    assert answer(one_slot, shapes_task.make_sample(shapes_task.HELD_OUT_SEED, 21))
