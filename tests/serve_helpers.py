@@ -96,8 +96,33 @@ def ask(image: Image.Image | bytes | None, question: str) -> dict[str, Any]:
     return {"role": "user", "content": [*parts, {"type": "text", "text": question}]}
 
 
-def chat_py(bundle: Path, picture: Path, question: str, max_new_tokens: int = 64) -> str:
-    proc = subprocess.run([sys.executable, str(CHAT), "-m", str(bundle), "--image", str(picture), "--prompt", question,
+def chat_py(bundle: Path, picture: Path, question: str, max_new_tokens: int = 64, option: str = "--image") -> str:
+    """What examples/chat.py answers about ``picture`` (``option`` --video: a video file)."""
+    proc = subprocess.run([sys.executable, str(CHAT), "-m", str(bundle), option, str(picture), "--prompt", question,
                            "--max-new-tokens", str(max_new_tokens)], capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.rstrip("\n")
+
+
+def write_clip(path: Path, frames: int = 8, fps: int = 4, width: int = 96, height: int = 64) -> Path:
+    """An MPEG-4 clip (PyAV) of a square crossing a gradient: consecutive frames differ, as in a real clip."""
+    import av
+    import numpy as np
+    from PIL import ImageDraw
+
+    ramp = np.linspace(40, 200, width, dtype=np.float32)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(frames):
+            base = np.stack([np.tile(ramp, (height, 1)), np.full((height, width), 30.0 + 20 * i),
+                             np.tile(ramp[::-1], (height, 1))], -1)
+            img = Image.fromarray(base.astype(np.uint8), "RGB")
+            side = min(width, height) // 3
+            x = (width - side) * i // max(1, frames - 1)
+            ImageDraw.Draw(img).rectangle((x, height // 3, x + side, height // 3 + side), fill=(220, 40, 90))
+            for packet in stream.encode(av.VideoFrame.from_image(img)):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path

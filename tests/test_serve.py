@@ -1,6 +1,7 @@
 """``python -m builder_qwen3vl serve``: the official openai client gets examples/chat.py's answers, streamed or not,
 with the right usage; a follow-up turn continues the kept generator (prompt cache) and answers as without it; two
-pictures under the same text never share cached work. The server runs with torch made unimportable.
+pictures under the same text never share cached work; a video (vLLM's video_url part) gets chat.py --video's answer
+and a broken one a 400. The server runs with torch made unimportable.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 import httpx
 import onnxruntime_genai as og
 import pytest
-from serve_helpers import Server, ask, chat_py, serving
+from serve_helpers import Server, ask, chat_py, data_url, serving, write_clip
 
 from builder_qwen3vl.ground.tokens import TOKEN_BREAK, special_tokens
 from builder_qwen3vl.runtime.image_io import og_images
@@ -117,6 +118,84 @@ def test_typed_special_tokens_stay_text(server: Server) -> None:
     b = client.chat.completions.create(model="m", messages=[ask(s.image, broken)], temperature=0)
     assert a.choices[0].message.content == b.choices[0].message.content
     assert a.usage.prompt_tokens == b.usage.prompt_tokens
+
+
+def video_message(url: str, question: str) -> dict:
+    """vLLM's video content part: a data: URL of the video file, then the question (chat.py's order)."""
+    return {"role": "user", "content": [{"type": "video_url", "video_url": {"url": url}},
+                                        {"type": "text", "text": question}]}
+
+
+def test_video_answers_match_chat_py(server: Server, shipped_fp32_bundle: Path, tmp_path: Path) -> None:
+    pytest.importorskip("av")
+    from builder_qwen3vl.runtime.video import (
+        VideoSettings,
+        expand_prompt,
+        preprocess_video,
+        read_frames,
+    )
+
+    clip = write_clip(tmp_path / "clip.mp4")  # 8 frames at 4 fps: sampled at 2 fps, 4 frames in 2 temporal patches
+    url = data_url(clip.read_bytes(), "video/mp4")
+    client = server.client()
+    for question in ("What colour is the square?", "How many shapes are there?"):
+        expected = chat_py(shipped_fp32_bundle, clip, question, 16, option="--video")
+        reply = client.chat.completions.create(model="m", messages=[video_message(url, question)], temperature=0,
+                                               max_tokens=16)
+        assert reply.choices[0].message.content == expected, question
+        streamed = client.chat.completions.create(model="m", messages=[video_message(url, question)], temperature=0,
+                                                  max_tokens=16, stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == expected, question
+        assert reply.usage.prompt_tokens_details.cached_tokens == 0  # videos are not kept by the prompt cache
+    # the prompt as chat.py writes it: the frames' timestamps and pads, then the question
+    model = load_model(shipped_fp32_bundle)
+    tokenizer = og.Tokenizer(model)
+    frames, fps = read_frames(clip)
+    video = preprocess_video(frames, fps, VideoSettings.from_bundle(shipped_fp32_bundle))
+    text = chat_prompt(tokenizer, question, num_videos=1, special_tokens=special_tokens(shipped_fp32_bundle))
+    assert video.grid_thw[0] == 2
+    assert reply.usage.prompt_tokens == len(tokenizer.encode(expand_prompt(text, [video])))
+
+
+def test_broken_video_is_400_and_the_server_goes_on(server: Server, tmp_path: Path) -> None:
+    pytest.importorskip("av")
+    clip = write_clip(tmp_path / "clip.mp4").read_bytes()
+    for broken in (b"not a video at all", clip[: len(clip) // 3]):
+        response = server.post({"model": "m", "messages": [video_message(data_url(broken, "video/mp4"), "What?")]})
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert error["code"] == "invalid_video" and error["param"] == "messages[0].content[0].video_url.url", error
+        assert error["message"].startswith(error["param"] + ": ") and "\n" not in error["message"], error
+        assert "/tmp" not in error["message"] and "video_url.url/" not in error["message"], error
+    s = sample(5)
+    assert server.client().chat.completions.create(model="m", messages=[ask(s.image, s.question)],
+                                                   temperature=0).choices[0].message.content
+
+
+def test_og_reads_the_stored_png_as_the_compressed_one(shipped_fp32_bundle: Path) -> None:
+    """The server hands og pictures as stored PNGs (images.og_png); chat.py as compressed ones (image_io.png_bytes)."""
+    from builder_qwen3vl.runtime.image_io import png_bytes
+    from builder_qwen3vl.serve.images import og_png
+
+    processor = load_model(shipped_fp32_bundle).create_multimodal_processor()
+    text = "<|vision_start|><|image_pad|><|vision_end|>"
+    for size in ((96, 96), (160, 64)):
+        image = sample(6).image.convert("RGB").resize(size)
+        stored = processor(text, images=og.Images.open_bytes(og_png(image)))["pixel_values"].as_numpy()
+        compressed = processor(text, images=og.Images.open_bytes(png_bytes(image)))["pixel_values"].as_numpy()
+        assert stored.shape == compressed.shape and (stored == compressed).all()
+
+
+def test_a_kept_generator_serves_only_what_fits_in_it() -> None:
+    from builder_qwen3vl.runtime.prompt_cache import CachedGenerator, reusable
+
+    pad = 9
+    entry = CachedGenerator(None, [1, 2, pad, 3, 4, 5], ("picture",), 15, "greedy", capacity=40)  # 21 positions held
+    follow_up = [1, 2, pad, 3, 4, 5, 6, 7]  # 8 logical ids: 23 positions
+    assert reusable(entry, follow_up, ("picture",), "greedy", pad, answer_tokens=17) == 6  # 23 + 17 = 40: fits
+    assert reusable(entry, follow_up, ("picture",), "greedy", pad, answer_tokens=18) == 0  # one over: a new generator
+    assert reusable(entry, follow_up, ("picture",), "greedy", pad, 18, max_length=40) == 6  # max_length caps the answer
+    assert reusable(entry, follow_up, ("other",), "greedy", pad, answer_tokens=1) == 0
 
 
 def test_models_and_health(server: Server) -> None:

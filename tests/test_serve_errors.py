@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from serve_helpers import Server, ask, data_url, serving
 
+from builder_qwen3vl.runtime.image_io import png_bytes
 from builder_qwen3vl.shipped import shapes_task
 
 SAMPLE = shapes_task.make_sample(shapes_task.HELD_OUT_SEED, 30)
@@ -43,6 +44,8 @@ BAD = [  # (id, body, key, status, code)
     ("broken-base64", {"messages": [image_message("data:image/png;base64,iVBOR%%%w0KGgo")]}, "key", 400, "invalid_base64"),
     ("text-as-image", {"messages": [image_message(data_url(b"hello, I am text", "image/png"))]}, "key", 400, "invalid_image"),
     ("over-pixel-limit", {"messages": [image_message(data_url(png_header(20000, 20000)))]}, "key", 400, "invalid_image"),
+    ("truncated-png", {"messages": [image_message(data_url(png_bytes(SAMPLE.image.resize((256, 256)))[:2000]))]}, "key",
+     400, "invalid_image"),
     ("remote-url", {"messages": [image_message("http://127.0.0.1:9/cat.png")]}, "key", 400, "remote_url_refused"),
     ("over-max-length", {"messages": [{"role": "user", "content": "why " * 5000}]}, "key", 400, "context_length_exceeded"),
     ("n-2", {**GOOD, "n": 2}, "key", 400, "unsupported_parameter"),

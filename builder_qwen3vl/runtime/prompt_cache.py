@@ -19,7 +19,8 @@ cut answer, or a client that sends back a shorter text (a stop string), still re
 
 Generators made with other search options (sampling, a seed, a minimum length) are not interchangeable: an entry
 carries its options and matches only the same. The number of kept generators is bounded (least recently used
-goes first); each holds a KV cache sized by its ``max_length`` (``kv_cache_bytes``).
+goes first); each holds a KV cache sized by its ``max_length`` (``kv_cache_bytes``), its ``capacity`` here: og cannot
+grow it later, so an entry serves a request only when the request's prompt and answer fit in it.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class CachedGenerator:
     pictures: tuple[str, ...]  # SHA-256 of each picture's bytes, in prompt order
     extra: int  # the generator's positions minus logical ids: the pictures' pad runs beyond one pad each
     options: Hashable  # the search options the generator was made with
+    capacity: int  # the generator's max_length: the positions its KV cache holds
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -53,12 +55,18 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-def reusable(entry: CachedGenerator, ids: Sequence[int], pictures: tuple[str, ...], options: Hashable, pad_id: int) -> int:
+def reusable(entry: CachedGenerator, ids: Sequence[int], pictures: tuple[str, ...], options: Hashable, pad_id: int,
+             answer_tokens: int = 1, max_length: int | None = None) -> int:
     """How many of ``ids`` (a new prompt's logical ids) ``entry`` holds and can keep; 0 when it cannot serve them.
 
-    At least one id is left to feed (a generator needs new input to give the next token's logits), and every
-    picture pad of ``ids`` must lie in the kept part (pictures are not appended as tokens)."""
+    At least one id is left to feed (a generator needs new input to give the next token's logits), every
+    picture pad of ``ids`` must lie in the kept part (pictures are not appended as tokens), and the prompt with its
+    answer (``answer_tokens``, or what ``max_length`` leaves of them) must fit in the entry's capacity."""
     if entry.pictures != pictures or entry.options != options:
+        return 0
+    positions = len(ids) + entry.extra
+    room = answer_tokens if max_length is None else min(answer_tokens, max_length - positions)
+    if positions + max(room, 1) > entry.capacity:
         return 0
     keep = min(common_prefix(entry.kv_ids, ids), len(ids) - 1)
     last_pad = max((i for i, t in enumerate(ids) if t == pad_id), default=-1)
@@ -94,13 +102,14 @@ class PromptCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def take(self, ids: Sequence[int], pictures: tuple[str, ...], options: Hashable,
-             pad_id: int) -> tuple[CachedGenerator | None, int]:
-        """The entry that holds the longest usable prefix of ``ids`` and that prefix's length, or (None, 0)."""
+    def take(self, ids: Sequence[int], pictures: tuple[str, ...], options: Hashable, pad_id: int,
+             answer_tokens: int = 1, max_length: int | None = None) -> tuple[CachedGenerator | None, int]:
+        """The entry that holds the longest usable prefix of ``ids`` and that prefix's length, or (None, 0)
+        (``reusable`` says which entries can serve the request)."""
         with self._lock:
             best, keep = None, 0
             for key, entry in self._entries.items():
-                n = reusable(entry, ids, pictures, options, pad_id)
+                n = reusable(entry, ids, pictures, options, pad_id, answer_tokens, max_length)
                 if n > keep:
                     best, keep = key, n
             if best is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import json
 import logging
@@ -30,6 +31,7 @@ from .protocol import (
     chunk,
     completion,
     completion_id,
+    picture_chars,
     to_chat,
     usage,
 )
@@ -43,6 +45,10 @@ DISCONNECT_POLL_SECONDS = 0.2
 # An oversize body is read and dropped up to this many times the limit before the answer, so the client reads
 # the 413 instead of a reset connection; past it the connection is closed.
 DRAIN_FACTOR = 4
+# Pictures whose data: URLs hold up to this many characters are decoded on the event loop (base64 and SHA-256 of
+# 1 MiB: about a millisecond); more, or a remote URL, in a worker thread, so the loop keeps serving.
+INLINE_PICTURE_CHARS = 1 << 20
+ARRIVED = "arrived"  # request.state key: when the request's first byte reached the app (time.perf_counter)
 
 
 def _error(status: int, message: str, code: str | None, type: str = "invalid_request_error",
@@ -59,6 +65,7 @@ class Gate:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        scope.setdefault("state", {})[ARRIVED] = time.perf_counter()  # the request's stage timings start here
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         key = self.settings.api_key
         if key is not None and scope["path"].startswith("/v1/"):
@@ -152,15 +159,21 @@ def create_app(bundle: str | Path, settings: ServeSettings, engine: Engine | Non
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
-        chat = await run_in_threadpool(to_chat, body, engine.special_tokens, engine.search,
-                                       allow_remote=settings.allow_remote_images, max_bytes=settings.max_body_bytes)
+        job = Job(asyncio.get_running_loop(), getattr(request.state, ARRIVED, None))
+        job.mark("parse")
+        read = functools.partial(to_chat, body, engine.special_tokens, engine.search,
+                                 allow_remote=settings.allow_remote_images, max_bytes=settings.max_body_bytes)
+        chars = picture_chars(body)
+        chat = read() if chars is not None and chars <= INLINE_PICTURE_CHARS else await run_in_threadpool(read)
+        job.mark("base64")
         try:
             await scheduler.acquire()
         except QueueFull:
             raise APIError(429, f"the server is busy: {scheduler.max_queue} requests already wait (--max-queue); retry "
                            "later", None, "queue_full", "rate_limit_error",
                            {"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
-        job = scheduler.start(lambda j: engine.generate(chat, j))
+        job.mark("queue")
+        scheduler.start(lambda j: engine.generate(chat, j), job)
         try:
             ready = await _ready(job)
         except BaseException:
@@ -176,6 +189,7 @@ def create_app(bundle: str | Path, settings: ServeSettings, engine: Engine | Non
         finally:
             job.cancel.set()
             watcher.cancel()
+            log.debug("request stages (ms): %s", job.stages())
         use = usage(ready["prompt_tokens"], done["completion_tokens"], ready["cached_tokens"])
         return JSONResponse(completion(cid, name, text, done["finish_reason"], use), headers=headers)
 
@@ -223,11 +237,17 @@ def _data(doc: dict[str, Any]) -> str:
 async def _sse(job: Job, cid: str, model: str, ready: dict[str, Any], include_usage: bool) -> AsyncIterator[str]:
     """OpenAI's chat.completion.chunk events, then ``data: [DONE]``. Starlette cancels this generator when the
     client disconnects; ``finally`` then sets the cancel flag and the worker frees its slot after its token step."""
+    first = True
     try:
         yield _data(chunk(cid, model, {"role": "assistant", "content": ""}))
         while (event := await job.next())[0] != "end":
             if event[0] == "text" and event[1]:
+                if first:
+                    job.mark("to event loop")
                 yield _data(chunk(cid, model, {"content": event[1]}))
+                if first:
+                    job.mark("first text sent")
+                    first = False
             elif event[0] == "done":
                 yield _data(chunk(cid, model, {}, event[1]["finish_reason"]))
                 if include_usage:
@@ -240,3 +260,4 @@ async def _sse(job: Job, cid: str, model: str, ready: dict[str, Any], include_us
         yield "data: [DONE]\n\n"
     finally:
         job.cancel.set()
+        log.debug("request stages (ms): %s", job.stages())

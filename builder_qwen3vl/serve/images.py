@@ -1,10 +1,12 @@
 """A request's pictures: ``data:`` URLs (or, when allowed, http(s) URLs) to bytes, bytes to what og takes.
 
-Decoding goes through ``runtime.image_io.read_image`` (PIL, bounded by the pixel limit before any pixel is
-decoded) and is pre-resized as examples/chat.py does (``resize.resize_for_og``), so the server answers as chat.py
-does; videos through ``runtime.video`` (``read_frames`` on a file needs PyAV). The readers take paths, so the bytes
-are written to a private temporary folder first, and the folder's path is replaced by the request's parameter in
-their one-line errors.
+Pictures are decoded from the request's bytes in memory with the checks of ``runtime.image_io.read_image`` (PIL;
+the pixel limit read from the header before any pixel is decoded, a full decode so a truncated file fails here,
+EXIF rotation, 8-bit RGB) and pre-resized as examples/chat.py does (``resize.resize_for_og``), so the server answers
+as chat.py does. og takes them as uncompressed PNG bytes (``og_png``): og decodes PNG and JPEG only, and a stored
+PNG costs a tenth of a compressed one to write, for the same pixels. Videos go through ``runtime.video``, whose
+reader (PyAV) takes a path: their bytes are written to a private temporary folder, and the folder's path is
+replaced by the request's parameter in the one-line errors.
 """
 
 from __future__ import annotations
@@ -12,15 +14,21 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import io
+import struct
 import tempfile
 import urllib.request
+import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..runtime.image_io import ImageReadError, read_image
+from ..ground.video_settings import IMAGE_PIXEL_LIMIT
+from ..runtime.image_io import READABLE, ImageReadError, check_pixels, to_rgb8
 from ..runtime.resize import resize_for_og, smart_resize
 from .errors import APIError
 
@@ -72,24 +80,62 @@ def _fetch(url: str, param: str, max_bytes: int) -> bytes:
     return data
 
 
-def _bad(picture: Picture, error: Exception, folder: str) -> Exception:
-    message = str(error).replace(f"{folder}/{picture.kind}", picture.param)
+def _bad(picture: Picture, error: Exception, folder: str = "") -> APIError:
+    message = str(error).replace(f"{folder}/{picture.kind}", picture.param) if folder else str(error)
     if not message.startswith(picture.param):
         message = f"{picture.param}: {message}"
     return APIError(400, message, picture.param, f"invalid_{picture.kind}")
 
 
+def read_image_bytes(data: bytes, name: str, pixel_limit: int | None = None) -> Image.Image:
+    """``data`` (an image file's bytes; its first frame) as 8-bit RGB, or ImageReadError (one line starting with
+    ``name``): ``runtime.image_io.read_image``'s checks without a file."""
+    limit = IMAGE_PIXEL_LIMIT if pixel_limit is None else pixel_limit
+    try:
+        with warnings.catch_warnings():  # PIL's DecompressionBombWarning: the limit here is IMAGE_PIXEL_LIMIT
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:  # reads the header only
+                check_pixels(name, *img.size, limit)
+                if img.mode == "F":
+                    raise ImageReadError(f"{name}: a 32-bit floating-point image; expected 8- or 16-bit pixels")
+                img.load()  # a full decode: a truncated file fails here
+                check_pixels(name, *img.size, limit)  # a format whose header understated the size (an icon's picture)
+                ImageOps.exif_transpose(img, in_place=True)
+                return to_rgb8(img)
+    except ImageReadError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageReadError(f"{name}: not an image file (expected {READABLE})") from None
+    except Image.DecompressionBombError:
+        raise ImageReadError(f"{name}: the image is over the limit of {limit / 1e6:g} megapixels") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:  # PIL's decoders raise all of these
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ImageReadError(f"{name}: cannot decode the image ({reason})") from None
+
+
 def decode_image(picture: Picture, resize: dict[str, int]) -> Image.Image:
     """The picture as 8-bit RGB, resized to the grid HF's processor gives it (``resize``: og_run.resize_settings)."""
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "image"
-        path.write_bytes(picture.data)
-        try:
-            img = read_image(path)
-            smart_resize(img.height, img.width)  # the aspect-ratio limit og would fail on mid-run
-        except (ImageReadError, ValueError) as e:
-            raise _bad(picture, e, folder) from None
+    try:
+        img = read_image_bytes(picture.data, picture.param)
+        smart_resize(img.height, img.width)  # the aspect-ratio limit og would fail on mid-run
+    except ValueError as e:  # ImageReadError is one
+        raise _bad(picture, e) from None
     return resize_for_og(img, **resize)
+
+
+def og_png(img: Image.Image) -> bytes:
+    """8-bit RGB ``img`` as a PNG og decodes to the same pixels: stored (zlib level 0), rows unfiltered."""
+    width, height = img.size
+    rows = np.empty((height, 1 + 3 * width), np.uint8)
+    rows[:, 0] = 0  # filter type None
+    rows[:, 1:] = np.asarray(img.convert("RGB")).reshape(height, 3 * width)
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8 bits, RGB, no interlace
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows.tobytes(), 0))
+            + chunk(b"IEND", b""))
 
 
 def decode_video(picture: Picture, bundle: str | Path) -> Any:

@@ -128,6 +128,19 @@ def sampling_options(req: ChatCompletionRequest, bundle_search: dict[str, Any]) 
     return options
 
 
+def picture_chars(req: ChatCompletionRequest) -> int | None:
+    """The characters of every picture URL of ``req``; None when one is not a ``data:`` URL (a fetch)."""
+    total = 0
+    for message in req.messages:
+        for part in message.content if isinstance(message.content, list) else ():
+            link = part.image_url if isinstance(part, ImagePart) else part.video_url if isinstance(part, VideoPart) else None
+            if link is not None:
+                if not link.url.startswith("data:"):
+                    return None
+                total += len(link.url)
+    return total
+
+
 def to_chat(req: ChatCompletionRequest, special_tokens: Iterable[str], bundle_search: dict[str, Any], *,
             allow_remote: bool = False, max_bytes: int) -> Chat:
     """``req`` checked and turned into a ``Chat``; APIError (400, naming the parameter) for what cannot be served."""

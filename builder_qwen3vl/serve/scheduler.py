@@ -10,8 +10,10 @@ two token steps, so a client that disconnects frees its slot within one token's 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +33,8 @@ class Scheduler:
         self.max_concurrent, self.max_queue = max_concurrent, max_queue
         self._free = max_concurrent
         self._waiting: deque[asyncio.Future[None]] = deque()
-        # og's generate_next_token runs with the GIL released: one thread per slot runs them side by side.
+        # One thread per slot. og 0.18 holds the GIL inside its calls (set_inputs, generate_next_token): the slots
+        # take turns call by call, each call using every core through onnxruntime's own threads (docs/serve.md).
         self._threads = ThreadPoolExecutor(max_workers=max_concurrent, thread_name_prefix="generator")
 
     @property
@@ -68,10 +71,10 @@ class Scheduler:
                 return
         self._free += 1
 
-    def start(self, work: Callable[[Job], None]) -> Job:
+    def start(self, work: Callable[[Job], None], job: Job | None = None) -> Job:
         """Run ``work(job)`` in a worker thread on a slot already acquired; the slot is released when it returns."""
         loop = asyncio.get_running_loop()
-        job = Job(loop)
+        job = job or Job(loop)
         future = loop.run_in_executor(self._threads, _run, work, job)
         future.add_done_callback(lambda _: self.release())
         return job
@@ -95,10 +98,20 @@ class Job:
     """Events of one generation, put by its worker thread and read by its request: ("ready", info),
     ("text", piece), ("done", info), ("error", exception), ("end",)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, start: float | None = None) -> None:
         self._loop = loop
         self.events: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
         self.cancel = threading.Event()
+        self.marks: list[tuple[str, float]] = [("arrived", time.perf_counter() if start is None else start)]
+
+    def mark(self, stage: str) -> None:
+        """Note the end of ``stage`` (from either side): ``stages`` gives each stage's time, for the DEBUG log."""
+        self.marks.append((stage, time.perf_counter()))
+
+    def stages(self) -> str:
+        """``stage ms`` for every mark since the one before it, in the order they were made."""
+        marks = sorted(self.marks, key=lambda m: m[1])
+        return ", ".join(f"{name} {(t - before) * 1e3:.1f}" for (_, before), (name, t) in itertools.pairwise(marks))
 
     def emit(self, event: tuple[Any, ...]) -> None:
         """From the worker thread: hand ``event`` to the event loop (it may be closed at shutdown)."""

@@ -13,8 +13,9 @@ class ServeSettings:
     port: int = 8000
     api_key: str | None = None  # None: no key asked
     model_name: str | None = None  # None: the bundle folder's name
-    # Two generators: on the 2-core machine of docs/serve.md two give as many tokens/s as one at 1-2 clients and
-    # more at 4, and a short request need not wait behind a long one; more queue up in FIFO order.
+    # Two generators: on the 2-core machine of docs/serve.md (the 2B shape and the tiny model) two give as many
+    # tokens/s as one (og holds the GIL in its calls), and a request's prefill starts after the other's current token
+    # step instead of after its whole answer; more queue up in FIFO order.
     max_concurrent: int = 2
     max_queue: int = 16  # requests waiting for a generator; one more gets 429
     cache_slots: int = 4  # kept generators for the prompt cache (each holds a KV cache: docs/serve.md)
