@@ -230,6 +230,20 @@ class PlainDecoder:
         binding.bind_ortvalue_output("logits", self.logits)
         self.sess.run_with_iobinding(binding)
 
+    def prefill(self, embeds_BSH: np.ndarray) -> None:
+        """A prompt of S rows at depth 0 in one call, as og's first generate_next_token runs it."""
+        tokens = embeds_BSH.shape[1]
+        binding = self.sess.io_binding()
+        binding.bind_cpu_input("inputs_embeds", embeds_BSH)
+        binding.bind_cpu_input("attention_mask", np.ones((1, tokens), dtype=np.int64))
+        pos = np.arange(tokens, dtype=np.int64)
+        binding.bind_cpu_input("position_ids", np.broadcast_to(pos, (3, 1, tokens)).copy() if self.position_rank == 3 else pos[None])
+        for name, value in self.kv.items():
+            binding.bind_ortvalue_input(name, value)
+            binding.bind_ortvalue_output(name.replace("past_key_values.", "present."), value)
+        binding.bind_output("logits")
+        self.sess.run_with_iobinding(binding)
+
     def time_steps(self, ctx: int, steps: int) -> float:
         """Median seconds per decode step at context ``ctx`` (positions ctx .. ctx + steps - 1)."""
         self.step(ctx)  # warm-up

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .og_options import OG_OPTION_DEFAULTS, og_extra_option_keys, translate_int4_aliases
+from .og_options import OG_CPU_OPTION_DEFAULTS, OG_OPTION_DEFAULTS, og_extra_option_keys, translate_int4_aliases
 from .ground.errors import InputError
 from .ground.vocab import EMBEDDINGS_PRECISIONS, EXECUTION_PROVIDERS, PRECISIONS, VISION_WEIGHT_FORMATS
 
@@ -123,5 +123,6 @@ class BuildOptions:
 
     @property
     def og_extra_options(self) -> dict[str, Any]:
-        """What the og builder receives: the user's og keys over our defaults for og's keys."""
-        return {**OG_OPTION_DEFAULTS, **self.extra_options}
+        """What the og builder receives: the user's og keys over our defaults for og's keys (CPU's included)."""
+        cpu = OG_CPU_OPTION_DEFAULTS if self.execution_provider == "cpu" else {}
+        return {**OG_OPTION_DEFAULTS, **cpu, **self.extra_options}

@@ -72,7 +72,7 @@ def test_build_options_validate() -> None:
     opts = BuildOptions(input="a", output="b", extra_options={"int4_block_size": "64", "vision_precision": "fp16"})
     # our own key became its typed field; og's int4_* alias reaches og as the name og 0.18 reads
     assert opts.vision_precision == "fp16"
-    assert opts.og_extra_options == {"prune_lm_head": "true", "block_size": "64"}  # our default for og's key
+    assert opts.og_extra_options == {"prune_lm_head": "true", "block_size": "64", "qmoe_block_size": "128"}  # our defaults for og's keys
     typed = BuildOptions(input="a", output="b", vision_precision="qint8", max_length=512)
     assert (typed.vision_precision, typed.max_length, typed.extra_options) == ("qint8", 512, {})
     with pytest.raises(InputError, match="vision_precision=int2 is not one of"):
@@ -80,7 +80,9 @@ def test_build_options_validate() -> None:
     with pytest.raises(InputError, match="max_length=16: conflicts with max_length=512"):
         BuildOptions(input="a", output="b", max_length=512, extra_options={"max_length": "16"})
     given = BuildOptions(input="a", output="b", extra_options={"prune_lm_head": "false"})
-    assert given.og_extra_options == {"prune_lm_head": "false"}
+    assert given.og_extra_options == {"prune_lm_head": "false", "block_size": "128", "qmoe_block_size": "128"}
+    cuda = BuildOptions(input="a", output="b", execution_provider="cuda")
+    assert cuda.og_extra_options == {"prune_lm_head": "true"}  # the CPU kernel's block default stays on CPU
     assert "int4_block_size" in known_extra_options()
 
 

@@ -142,9 +142,15 @@ def test_an_untied_checkpoint_keeps_its_own_table(tmp_path: Path) -> None:
     assert _external_locations(bundle / "embeddings.onnx") == {"embeddings.onnx.data"}
 
 
-def test_a_tied_default_bundle_with_its_pruned_lm_head_shares_the_table(tmp_path: Path) -> None:
-    _, bundle = _int4_bundle(tmp_path, tied=True)
+def test_a_tied_bundle_with_its_pruned_lm_head_shares_the_table(tmp_path: Path) -> None:
+    # The tiny hidden size (64) is narrower than the CPU default block (128): a block that divides it is shared.
+    _, bundle = _int4_bundle(tmp_path, tied=True, block_size="32")
     assert _external_locations(bundle / "embeddings.onnx") == {"model.onnx.data"}
+
+
+def test_a_block_wider_than_the_hidden_size_keeps_an_own_table(tmp_path: Path) -> None:
+    _, bundle = _int4_bundle(tmp_path, tied=True)
+    assert _external_locations(bundle / "embeddings.onnx") == {"embeddings.onnx.data"}
 
 
 def test_a_tied_int4_bundle_stores_the_table_once_and_generates_through_og(tmp_path: Path) -> None:
@@ -154,7 +160,7 @@ def test_a_tied_int4_bundle_stores_the_table_once_and_generates_through_og(tmp_p
     from compare import cosine_and_top1, load_hf_model
     from e2e_helpers import og_generate, og_process
 
-    ckpt, bundle = _int4_bundle(tmp_path, tied=True, prune_lm_head="false")  # logits for every prompt row
+    ckpt, bundle = _int4_bundle(tmp_path, tied=True, prune_lm_head="false", block_size="32")  # logits for every prompt row
     assert not (bundle / "embeddings.onnx.data").exists()
     assert _external_locations(bundle / "embeddings.onnx") == {"model.onnx.data"}
 
