@@ -1,15 +1,20 @@
 """Bad requests get OpenAI's error envelope with the documented status (docs/serve.md), and the server answers the
-next good request."""
+next good request; a dead og worker process turns requests and /health into 503."""
 
 from __future__ import annotations
 
 import base64
+import os
+import signal
 import struct
+import threading
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from serve_helpers import Server, ask, data_url, serving
 
@@ -90,3 +95,30 @@ def test_openai_client_raises_its_status_errors(server: Server) -> None:
     assert caught.value.status_code == 400 and caught.value.code == "unsupported_parameter"
     with pytest.raises(openai.AuthenticationError):
         server.client(api_key="wrong").models.list()
+
+
+def worker_pid(server: Server) -> int:
+    """The og worker process: the server's child started by multiprocessing's spawn."""
+    children = Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children").read_text().split()
+    spawned = [int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    assert len(spawned) == 1, children
+    return spawned[0]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the worker through /proc (Linux)")
+def test_a_dead_worker_answers_503(shipped_fp32_bundle: Path) -> None:
+    long = {"model": "m", "messages": [{"role": "user", "content": "Is there a circle?"}], "max_tokens": 3000,
+            "temperature": 0, "ignore_eos": True}
+    with serving(shipped_fp32_bundle) as server:
+        replies = []
+        in_flight = threading.Thread(target=lambda: replies.append(server.post(long)))
+        in_flight.start()
+        time.sleep(1)  # generating
+        os.kill(worker_pid(server), signal.SIGKILL)
+        in_flight.join(30)
+        assert replies and replies[0].status_code == 503, replies
+        assert replies[0].json()["error"]["code"] == "model_unavailable"
+        health = httpx.get(server.base + "/health", timeout=10)
+        assert health.status_code == 503 and health.json()["status"] == "unhealthy"
+        refused = server.post(GOOD)
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "model_unavailable"

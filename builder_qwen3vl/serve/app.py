@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hmac
 import json
 import logging
@@ -24,8 +23,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .engine import Engine
 from .errors import APIError
+from .images import prepare
 from .protocol import (
     ChatCompletionRequest,
     chunk,
@@ -35,7 +34,7 @@ from .protocol import (
     to_chat,
     usage,
 )
-from .scheduler import Job, QueueFull, Scheduler
+from .scheduler import Job, QueueFull, Scheduler, Worker, unavailable
 from .settings import ServeSettings
 
 log = logging.getLogger(__name__)
@@ -45,9 +44,6 @@ DISCONNECT_POLL_SECONDS = 0.2
 # An oversize body is read and dropped up to this many times the limit before the answer, so the client reads
 # the 413 instead of a reset connection; past it the connection is closed.
 DRAIN_FACTOR = 4
-# Pictures whose data: URLs hold up to this many characters are decoded on the event loop (base64 and SHA-256 of
-# 1 MiB: about a millisecond); more, or a remote URL, in a worker thread, so the loop keeps serving.
-INLINE_PICTURE_CHARS = 1 << 20
 ARRIVED = "arrived"  # request.state key: when the request's first byte reached the app (time.perf_counter)
 
 
@@ -107,19 +103,24 @@ class Gate:
         await self.app(scope, replay, send)
 
 
-def create_app(bundle: str | Path, settings: ServeSettings, engine: Engine | None = None) -> FastAPI:
-    """The app serving ``bundle`` (its og.Model loads here unless ``engine`` is given)."""
-    engine = engine or Engine(bundle, threads=settings.threads, cache_slots=settings.cache_slots)
+def create_app(bundle: str | Path, settings: ServeSettings, verbose: bool = False) -> FastAPI:
+    """The app serving ``bundle``: its og worker process starts here and returns once the model is loaded
+    (RuntimeError if it cannot be); the app's lifespan connects it to the event loop and stops it."""
     scheduler = Scheduler(settings.max_concurrent, settings.max_queue)
+    worker = Worker(bundle, settings, scheduler, verbose)
     name = settings.model_name or Path(bundle).resolve().name
+    special, search, resize = worker.info["special_tokens"], worker.info["search"], worker.info["resize"]
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
-        scheduler.shutdown()
+        worker.attach(asyncio.get_running_loop())
+        try:
+            yield
+        finally:
+            worker.stop()
 
     app = FastAPI(title="builder_qwen3vl serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
-    app.state.engine, app.state.scheduler = engine, scheduler
+    app.state.worker, app.state.scheduler = worker, scheduler
     app.add_middleware(Gate, settings=settings)
     started = int(time.time())
 
@@ -146,12 +147,12 @@ def create_app(bundle: str | Path, settings: ServeSettings, engine: Engine | Non
         return _error(500, f"internal error: {type(e).__name__}", "internal_error", "server_error")
 
     @app.get("/health")
-    async def health() -> dict[str, Any]:
-        cache = engine.cache
-        return {"status": "ok", "model": name, "active": scheduler.active, "queued": scheduler.queued,
+    async def health() -> JSONResponse:
+        """200 while the og worker runs; 503 ``unhealthy`` once it died (the load balancer's probe)."""
+        body = {"status": worker.state, "model": name, "active": scheduler.active, "queued": scheduler.queued,
                 "max_concurrent": scheduler.max_concurrent, "max_queue": scheduler.max_queue,
-                "prompt_cache": {"slots": cache.slots, "kept": len(cache), "hits": cache.hits, "misses": cache.misses,
-                                 "kv_cache_bytes_per_slot": engine.kv_bytes}}
+                "prompt_cache": {**worker.cache, "kv_cache_bytes_per_slot": worker.info["kv_bytes"]}}
+        return JSONResponse(body, 200 if worker.state == "ok" else 503)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -159,13 +160,19 @@ def create_app(bundle: str | Path, settings: ServeSettings, engine: Engine | Non
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
-        job = Job(asyncio.get_running_loop(), getattr(request.state, ARRIVED, None))
+        if worker.state != "ok":
+            raise unavailable("the model worker is not running (see the server's log)")
+        job = Job(getattr(request.state, ARRIVED, None))
         job.mark("parse")
-        read = functools.partial(to_chat, body, engine.special_tokens, engine.search,
-                                 allow_remote=settings.allow_remote_images, max_bytes=settings.max_body_bytes)
-        chars = picture_chars(body)
-        chat = read() if chars is not None and chars <= INLINE_PICTURE_CHARS else await run_in_threadpool(read)
-        job.mark("base64")
+
+        def read() -> Any:  # pictures decoded and resized here, off the og worker: a thread, not the event loop
+            chat = to_chat(body, special, search, allow_remote=settings.allow_remote_images,
+                           max_bytes=settings.max_body_bytes)
+            chat.pictures = prepare(chat.pictures, resize)
+            return chat
+
+        chat = read() if picture_chars(body) == 0 else await run_in_threadpool(read)
+        job.mark("pictures")
         try:
             await scheduler.acquire()
         except QueueFull:
@@ -173,11 +180,11 @@ def create_app(bundle: str | Path, settings: ServeSettings, engine: Engine | Non
                            "later", None, "queue_full", "rate_limit_error",
                            {"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
         job.mark("queue")
-        scheduler.start(lambda j: engine.generate(chat, j), job)
+        worker.submit(chat, job)
         try:
             ready = await _ready(job)
         except BaseException:
-            job.cancel.set()
+            job.stop()
             raise
         cid, headers = completion_id(), {"x-prompt-cache": "hit" if ready["cached_tokens"] else "miss"}
         if chat.stream:
@@ -187,7 +194,7 @@ def create_app(bundle: str | Path, settings: ServeSettings, engine: Engine | Non
         try:
             text, done = await _collect(job)
         finally:
-            job.cancel.set()
+            job.stop()
             watcher.cancel()
             log.debug("request stages (ms): %s", job.stages())
         use = usage(ready["prompt_tokens"], done["completion_tokens"], ready["cached_tokens"])
@@ -197,7 +204,7 @@ def create_app(bundle: str | Path, settings: ServeSettings, engine: Engine | Non
 
 
 async def _ready(job: Job) -> dict[str, Any]:
-    """The prompt's counts once the worker has it in a generator, or the error that stopped it."""
+    """The prompt's counts once the worker has it in a generator, or the error (an APIError) that stopped it."""
     event = await job.next()
     if event[0] == "error":
         raise event[1]
@@ -221,11 +228,11 @@ async def _collect(job: Job) -> tuple[str, dict[str, Any]]:
 
 
 async def _watch(request: Request, job: Job) -> None:
-    """Set the job's cancel flag when its (non-streaming) client goes away."""
-    while not job.cancel.is_set():
+    """Cancel the job when its (non-streaming) client goes away."""
+    while not (job.ended or job.stopped):
         if await request.is_disconnected():
             log.info("client gone: generation cancelled")
-            job.cancel.set()
+            job.stop()
             return
         await asyncio.sleep(DISCONNECT_POLL_SECONDS)
 
@@ -236,7 +243,7 @@ def _data(doc: dict[str, Any]) -> str:
 
 async def _sse(job: Job, cid: str, model: str, ready: dict[str, Any], include_usage: bool) -> AsyncIterator[str]:
     """OpenAI's chat.completion.chunk events, then ``data: [DONE]``. Starlette cancels this generator when the
-    client disconnects; ``finally`` then sets the cancel flag and the worker frees its slot after its token step."""
+    client disconnects; ``finally`` then cancels the job, and its slot comes free when the worker reports the end."""
     first = True
     try:
         yield _data(chunk(cid, model, {"role": "assistant", "content": ""}))
@@ -254,10 +261,9 @@ async def _sse(job: Job, cid: str, model: str, ready: dict[str, Any], include_us
                     use = usage(ready["prompt_tokens"], event[1]["completion_tokens"], ready["cached_tokens"])
                     yield _data(chunk(cid, model, None, use=use))
             elif event[0] == "error":
-                log.error("generation failed mid-stream: %s", event[1])
-                yield _data(APIError(500, f"generation failed: {type(event[1]).__name__}", None, "internal_error",
-                                     "server_error").body())
+                log.error("generation failed mid-stream: %s", event[1].message)
+                yield _data(event[1].body())
         yield "data: [DONE]\n\n"
     finally:
-        job.cancel.set()
+        job.stop()
         log.debug("request stages (ms): %s", job.stages())

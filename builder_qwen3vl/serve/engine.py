@@ -1,9 +1,10 @@
 """One og.Model for every request; one generation per call, one token step at a time, with the prompt cache.
 
-``Engine.generate`` runs in a worker thread (``scheduler``): it renders the chat template over the request's
-messages (``og_run.render``; the messages already keep typed special tokens as text), continues a kept generator
-whose processed ids and pictures begin the prompt (``runtime.prompt_cache``) or starts a new one through og's
-processor, then generates, reading the job's cancel flag before each token step.
+``Engine`` lives in the og worker process (``worker.run``); ``Engine.generate`` runs in one of its threads: it
+renders the chat template over the request's messages (``og_run.render``; the messages already keep typed special
+tokens as text), continues a kept generator whose processed ids and pictures begin the prompt
+(``runtime.prompt_cache``) or starts a new one through og's processor, then generates, reading the job's cancel
+flag before each token step.
 
 A kept generator's KV cache holds its prompt, its answer budget and ``KEPT_ROOM`` more tokens for later turns, not
 the bundle's whole max_length: og allocates and clears the buffer when it makes the generator, which for the 2B
@@ -22,7 +23,7 @@ import json
 import logging
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ..ground.bundle_paths import bundle_file, read_bundle_json
 from ..ground.contract import GENAI_CONFIG_FILENAME
@@ -36,9 +37,8 @@ from ..runtime.prompt_cache import (
     kv_cache_bytes,
 )
 from .errors import APIError
-from .images import decode_image, decode_video, og_png
+from .images import decode_image, decode_video, og_png, read_image_bytes
 from .protocol import Chat, StopText
-from .scheduler import Job
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,16 @@ log = logging.getLogger(__name__)
 # the answer before it). og clears them when it makes the generator: 0.1-0.3 ms a token at the 2B shape (224 KiB of
 # KV cache each), measured.
 KEPT_ROOM = 512
+
+
+class Job(Protocol):
+    """What a generation reads and writes: ``worker.WorkerJob`` (events go to the HTTP process)."""
+
+    cancel: threading.Event
+
+    def mark(self, stage: str) -> None: ...
+
+    def emit(self, event: tuple[Any, ...]) -> None: ...
 
 
 class Engine:
@@ -157,9 +167,10 @@ class Engine:
 
             settings = ImageSettings.from_bundle(self.bundle)
             visuals = [decode_video(p, self.bundle) if p.kind == "video" else preprocess_image(
-                decode_image(p, self.resize), settings) for p in chat.pictures]
+                decode_image(p, self.resize) if not p.ready else read_image_bytes(p.data, p.param), settings)
+                for p in chat.pictures]
             return og_inputs(og, self.tokenizer, expand_prompt(text, visuals), visuals)
-        pngs = [og_png(decode_image(p, self.resize)) for p in chat.pictures]
+        pngs = [p.data if p.ready else og_png(decode_image(p, self.resize)) for p in chat.pictures]
         images = og.Images.open_bytes(*pngs) if pngs else None
         job.mark("images")
         inputs = self._processor()(text, images=images)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import io
 import struct
@@ -43,6 +44,7 @@ class Picture:
     data: bytes
     sha256: str
     param: str  # e.g. messages[0].content[1].image_url.url, for error messages
+    ready: bool = False  # data is og_png of the decoded, resized image (``prepare``): og opens it as it is
 
 
 def read_url(url: str, kind: str, param: str, allow_remote: bool, max_bytes: int) -> Picture:
@@ -121,6 +123,14 @@ def decode_image(picture: Picture, resize: dict[str, int]) -> Image.Image:
     except ValueError as e:  # ImageReadError is one
         raise _bad(picture, e) from None
     return resize_for_og(img, **resize)
+
+
+def prepare(pictures: list[Picture], resize: dict[str, int]) -> list[Picture]:
+    """Every image decoded, checked and resized here, in the HTTP process (no og needed), its bytes replaced by
+    ``og_png``'s: a broken picture is refused before it reaches the og worker, which only opens the PNG. The SHA-256
+    stays the request's bytes' (the prompt cache's key). Videos are left to the worker (``runtime.video``)."""
+    return [dataclasses.replace(p, data=og_png(decode_image(p, resize)), ready=True) if p.kind == "image" else p
+            for p in pictures]
 
 
 def og_png(img: Image.Image) -> bytes:

@@ -1,5 +1,5 @@
-"""``python -m builder_qwen3vl serve BUNDLE``: load the bundle once and serve it with uvicorn (an application:
-it configures logging for its process)."""
+"""``python -m builder_qwen3vl serve BUNDLE``: start the og worker process, which loads the bundle once, and serve
+it with uvicorn (an application: it configures logging for its process and the worker's)."""
 
 from __future__ import annotations
 
@@ -27,11 +27,14 @@ def run(args: argparse.Namespace) -> int:
 
     configure_logging(args.verbose)
     settings = settings_from(args)
-    app = create_app(Path(args.bundle), settings)
-    engine = app.state.engine
+    app = create_app(Path(args.bundle), settings, args.verbose)  # waits for the og worker to load the model
+    worker = app.state.worker
     log.info("serving %s at http://%s:%d/v1 (%d concurrent, queue %d, prompt cache %d slots of %.1f MB KV cache each)",
              Path(args.bundle).name, settings.host, settings.port, settings.max_concurrent, settings.max_queue,
-             settings.cache_slots, engine.kv_bytes / 1e6)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info" if args.verbose else "warning",
-                access_log=args.verbose)
+             settings.cache_slots, worker.info["kv_bytes"] / 1e6)
+    try:
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level="info" if args.verbose else "warning",
+                    access_log=args.verbose)
+    finally:
+        worker.stop()  # also when uvicorn stops before its lifespan (a port in use)
     return 0

@@ -1,10 +1,14 @@
-"""Generator slots, the FIFO queue in front of them, and the bridge from a worker thread to the event loop.
+"""Generator slots, the FIFO queue in front of them, and the og worker process as the event loop sees it.
 
-A request holds a slot from the moment its generation starts until its worker thread returns, so the count of
-generators alive (and of KV caches being written) never exceeds ``max_concurrent``. Waiting requests are served
-in arrival order; one more than ``max_queue`` waiting is refused at once (``QueueFull``: HTTP 429), never left to
-hang. A waiting client that goes away leaves the queue. Every job's ``cancel`` flag is read by its worker between
-two token steps, so a client that disconnects frees its slot within one token's time.
+A request holds a slot from the moment it is handed to the worker until the worker reports its generation ended,
+so the count of generators alive (and of KV caches being written) never exceeds ``max_concurrent``. Waiting
+requests are served in arrival order; one more than ``max_queue`` waiting is refused at once (``QueueFull``: HTTP
+429), never left to hang. A waiting client that goes away leaves the queue; a generating one that goes away sends
+a cancel, which the worker reads between two token steps.
+
+``Worker`` starts the og worker process (``worker.run``, ``spawn`` context), waits for its model to load, and
+then moves messages: a sender thread pickles requests onto the connection, a reader thread hands the worker's
+events to the event loop (``loop.call_soon_threadsafe``). If the worker dies, every request in flight gets a 503.
 """
 
 from __future__ import annotations
@@ -12,14 +16,21 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import multiprocessing
+import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
+from . import worker
+from .errors import APIError
+from .settings import ServeSettings
+
 log = logging.getLogger(__name__)
+
+STOP_SECONDS = 10  # the worker's time to finish its token steps at shutdown before it is terminated
 
 
 class QueueFull(Exception):
@@ -33,9 +44,6 @@ class Scheduler:
         self.max_concurrent, self.max_queue = max_concurrent, max_queue
         self._free = max_concurrent
         self._waiting: deque[asyncio.Future[None]] = deque()
-        # One thread per slot. og 0.18 holds the GIL inside its calls (set_inputs, generate_next_token): the slots
-        # take turns call by call, each call using every core through onnxruntime's own threads (docs/serve.md).
-        self._threads = ThreadPoolExecutor(max_workers=max_concurrent, thread_name_prefix="generator")
 
     @property
     def active(self) -> int:
@@ -71,54 +79,154 @@ class Scheduler:
                 return
         self._free += 1
 
-    def start(self, work: Callable[[Job], None], job: Job | None = None) -> Job:
-        """Run ``work(job)`` in a worker thread on a slot already acquired; the slot is released when it returns."""
-        loop = asyncio.get_running_loop()
-        job = job or Job(loop)
-        future = loop.run_in_executor(self._threads, _run, work, job)
-        future.add_done_callback(lambda _: self.release())
-        return job
-
-    def shutdown(self) -> None:
-        self._threads.shutdown(wait=False, cancel_futures=True)
-
-
-def _run(work: Callable[[Job], None], job: Job) -> None:
-    try:
-        work(job)
-    except BaseException as e:  # handed to the request's coroutine, which answers with it
-        if not isinstance(e, Exception):
-            log.exception("generation stopped")
-        job.emit(("error", e))
-    finally:
-        job.emit(("end",))
-
 
 class Job:
-    """Events of one generation, put by its worker thread and read by its request: ("ready", info),
-    ("text", piece), ("done", info), ("error", exception), ("end",)."""
+    """One request's generation as the event loop sees it: the worker's events ("ready", info), ("text", piece),
+    ("done", info), ("error", APIError), ("end",) in order, and its stage marks."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, start: float | None = None) -> None:
-        self._loop = loop
+    _ids = itertools.count(1)
+
+    def __init__(self, start: float | None = None) -> None:
+        self.id = next(self._ids)
         self.events: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
-        self.cancel = threading.Event()
+        self.ended = self.stopped = False
         self.marks: list[tuple[str, float]] = [("arrived", time.perf_counter() if start is None else start)]
+        self._cancel: Any = None  # set by Worker.submit
 
     def mark(self, stage: str) -> None:
-        """Note the end of ``stage`` (from either side): ``stages`` gives each stage's time, for the DEBUG log."""
+        """Note the end of ``stage`` (the worker's marks join at the end): ``stages`` gives each stage's time."""
         self.marks.append((stage, time.perf_counter()))
 
     def stages(self) -> str:
-        """``stage ms`` for every mark since the one before it, in the order they were made."""
         marks = sorted(self.marks, key=lambda m: m[1])
         return ", ".join(f"{name} {(t - before) * 1e3:.1f}" for (_, before), (name, t) in itertools.pairwise(marks))
 
-    def emit(self, event: tuple[Any, ...]) -> None:
-        """From the worker thread: hand ``event`` to the event loop (it may be closed at shutdown)."""
-        try:
-            self._loop.call_soon_threadsafe(self.events.put_nowait, event)
-        except RuntimeError:
-            self.cancel.set()
+    def stop(self) -> None:
+        """Cancel the generation (once; nothing once it ended): the worker stops it after its token step."""
+        if not (self.ended or self.stopped) and self._cancel is not None:
+            self.stopped = True
+            self._cancel(self.id)
 
     async def next(self) -> tuple[Any, ...]:
         return await self.events.get()
+
+
+def unavailable(message: str) -> APIError:
+    return APIError(503, message, None, "model_unavailable", "server_error")
+
+
+class Worker:
+    """The og worker process: started and loaded by ``__init__`` (before the server binds its port), connected to
+    an event loop by ``attach``, stopped by ``stop``."""
+
+    def __init__(self, bundle: str | Path, settings: ServeSettings, scheduler: Scheduler, verbose: bool = False) -> None:
+        self.scheduler = scheduler
+        self.state = "loading"
+        self._jobs: dict[int, Job] = {}
+        self._outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe()
+        self._process = context.Process(target=worker.run, name="og-worker", daemon=True, args=(
+            child, str(bundle), settings.threads, settings.cache_slots, settings.max_concurrent, verbose))
+        self._process.start()
+        child.close()  # the worker's end lives in the worker: its exit is this end's EOF
+        try:
+            message = self._conn.recv()
+        except (EOFError, OSError):
+            message = ("failed", f"the worker process exited ({self._process.exitcode}) while loading")
+        if message[0] != "loaded":
+            self.stop()
+            raise RuntimeError(f"cannot load {Path(bundle).name}: {message[1]}")
+        self.info: dict[str, Any] = message[1]
+        self.cache: dict[str, int] = self.info["cache"]
+        self.state = "ok"
+        log.info("og worker process %d loaded %s", self._process.pid, Path(bundle).name)
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start moving messages; events go to ``loop`` from now on."""
+        self._loop = loop
+        threading.Thread(target=self._send_loop, name="to-worker", daemon=True).start()
+        threading.Thread(target=self._read_loop, name="from-worker", daemon=True).start()
+
+    def submit(self, chat: Any, job: Job) -> None:
+        """Hand ``chat`` to the worker on a slot already acquired; the slot comes free with its ("end",) event."""
+        if self.state != "ok":
+            self.scheduler.release()
+            raise unavailable("the model worker is not running (see the server's log)")
+        job._cancel = lambda rid: self._outbox.put(("cancel", rid))
+        self._jobs[job.id] = job
+        self._outbox.put(("chat", job.id, chat))
+
+    def stop(self) -> None:
+        """Ask the worker to finish, terminate it after ``STOP_SECONDS``."""
+        if self.state == "stopped":
+            return
+        self.state = "stopped"
+        self._outbox.put(("stop",))
+        if self._loop is None:  # never attached: no sender thread
+            try:
+                self._conn.send(("stop",))
+            except OSError:
+                pass
+        self._process.join(STOP_SECONDS)
+        if self._process.is_alive():
+            log.warning("the og worker did not stop within %d s: terminated", STOP_SECONDS)
+            self._process.terminate()
+            self._process.join()
+
+    def _send_loop(self) -> None:
+        while True:
+            message = self._outbox.get()
+            try:
+                self._conn.send(message)  # pickles here: a request's picture bytes are copied once
+            except (OSError, ValueError):
+                return
+            if message[0] == "stop":
+                return
+
+    def _read_loop(self) -> None:
+        assert self._loop is not None
+        while True:
+            try:
+                message = self._conn.recv()
+            except (EOFError, OSError):
+                break
+            try:
+                self._loop.call_soon_threadsafe(self._on_message, message)
+            except RuntimeError:  # the event loop is closed: the server is shutting down
+                return
+        try:
+            self._loop.call_soon_threadsafe(self._on_exit)
+        except RuntimeError:
+            pass
+
+    def _on_message(self, message: tuple[Any, ...]) -> None:
+        rid, event = message
+        job = self._jobs.get(rid)
+        if job is None:
+            return
+        if event[0] == "error":
+            event = ("error", APIError(**event[1]))
+        elif event[0] == "end":
+            job.marks += event[1]["marks"]
+            self.cache = event[1]["cache"]
+            self._finish(job)
+            return
+        job.events.put_nowait(event)
+
+    def _finish(self, job: Job) -> None:
+        del self._jobs[job.id]
+        job.ended = True
+        job.events.put_nowait(("end",))
+        self.scheduler.release()
+
+    def _on_exit(self) -> None:
+        if self.state == "stopped":
+            return
+        self.state = "unhealthy"
+        log.error("the og worker process exited (code %s); %d requests in flight answered 503",
+                  self._process.exitcode, len(self._jobs))
+        for job in list(self._jobs.values()):
+            job.events.put_nowait(("error", unavailable("the model worker stopped during the generation")))
+            self._finish(job)
