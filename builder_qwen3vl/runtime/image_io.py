@@ -110,39 +110,49 @@ def read_image(path: str | Path, pixel_limit: int | None = None) -> Image.Image:
     ``pixel_limit``: the most pixels accepted (default ``IMAGE_PIXEL_LIMIT``), checked on the header before decoding.
     """
     path = Path(path)
-    limit = IMAGE_PIXEL_LIMIT if pixel_limit is None else pixel_limit
     if path.is_dir():
         raise ImageReadError(f"{path}: is a folder, expected an image file")
     if not path.is_file():
         raise ImageReadError(f"{path}: no such file")
+    return _read(path, path, pixel_limit)
+
+
+def read_image_bytes(data: bytes, name: str, pixel_limit: int | None = None) -> Image.Image:
+    """``read_image`` for an image file's bytes held in memory (e.g. a request's data: URL); errors start with ``name``."""
+    return _read(io.BytesIO(data), name, pixel_limit)
+
+
+def _read(source: Path | io.BytesIO, name: str | Path, pixel_limit: int | None) -> Image.Image:
+    """The decode and its one-line errors, shared by files and bytes."""
+    limit = IMAGE_PIXEL_LIMIT if pixel_limit is None else pixel_limit
     try:
         with warnings.catch_warnings():  # PIL's DecompressionBombWarning: the limit here is IMAGE_PIXEL_LIMIT
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return _decode(path, limit)
+            return _decode(source, name, limit)
     except ImageReadError:
         raise
     except UnidentifiedImageError:
-        raise ImageReadError(f"{path}: not an image file (expected {READABLE})") from None
+        raise ImageReadError(f"{name}: not an image file (expected {READABLE})") from None
     except Image.DecompressionBombError as e:
-        raise ImageReadError(_bomb_line(path, e, limit)) from None
+        raise ImageReadError(_bomb_line(Path(name), e, limit)) from None
     except PermissionError:
-        raise ImageReadError(f"{path}: permission denied") from None
+        raise ImageReadError(f"{name}: permission denied") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:  # PIL's decoders raise all of these
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ImageReadError(f"{path}: cannot decode the image ({reason})") from None
+        raise ImageReadError(f"{name}: cannot decode the image ({reason})") from None
 
 
-def _decode(path: Path, limit: int) -> Image.Image:
+def _decode(source: Path | io.BytesIO, name: str | Path, limit: int) -> Image.Image:
     """``read_image``'s work: header checks (size, mode), then the first frame's full decode."""
-    with Image.open(path) as img:  # reads the header only
-        check_pixels(path, *img.size, limit)
+    with Image.open(source) as img:  # reads the header only
+        check_pixels(name, *img.size, limit)
         if img.mode == "F":
-            raise ImageReadError(f"{path}: a 32-bit floating-point image; expected 8- or 16-bit pixels")
+            raise ImageReadError(f"{name}: a 32-bit floating-point image; expected 8- or 16-bit pixels")
         frames = getattr(img, "n_frames", 1)  # from headers: PIL skips the frames' data to count them
         if frames > 1:  # GIF, animated WebP, multi-page TIFF: HF's load_image also takes the first frame
-            log.warning("%s: %s with %d frames; using the first", path, img.format, frames)
+            log.warning("%s: %s with %d frames; using the first", name, img.format, frames)
         img.load()  # a full decode now: a truncated file fails here, not later inside og
-        check_pixels(path, *img.size, limit)  # a format whose header understated the size (an icon's picture)
+        check_pixels(name, *img.size, limit)  # a format whose header understated the size (an icon's picture)
         ImageOps.exif_transpose(img, in_place=True)  # HF's rotation, without a copy when there is none to do
         return to_rgb8(img)
 

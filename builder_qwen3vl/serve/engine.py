@@ -28,6 +28,7 @@ from typing import Any, Protocol
 from ..ground.bundle_paths import bundle_file, read_bundle_json
 from ..ground.contract import GENAI_CONFIG_FILENAME
 from ..ground.tokens import EOS_IDS, IMAGE_PAD, special_tokens
+from ..runtime.image_io import read_image_bytes
 from ..runtime.og_run import load_model, render, resize_settings
 from ..runtime.prompt_cache import (
     CachedGenerator,
@@ -37,7 +38,7 @@ from ..runtime.prompt_cache import (
     kv_cache_bytes,
 )
 from .errors import APIError
-from .images import decode_image, decode_video, og_png, read_image_bytes
+from .images import decode_image, decode_video, og_png
 from .protocol import Chat, StopText
 
 log = logging.getLogger(__name__)

@@ -15,21 +15,18 @@ import base64
 import binascii
 import dataclasses
 import hashlib
-import io
 import struct
 import tempfile
 import urllib.request
-import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
-from ..ground.video_settings import IMAGE_PIXEL_LIMIT
-from ..runtime.image_io import READABLE, ImageReadError, check_pixels, to_rgb8
+from ..runtime.image_io import ImageReadError, read_image_bytes
 from ..runtime.resize import resize_for_og, smart_resize
 from .errors import APIError
 
@@ -87,32 +84,6 @@ def _bad(picture: Picture, error: Exception, folder: str = "") -> APIError:
     if not message.startswith(picture.param):
         message = f"{picture.param}: {message}"
     return APIError(400, message, picture.param, f"invalid_{picture.kind}")
-
-
-def read_image_bytes(data: bytes, name: str, pixel_limit: int | None = None) -> Image.Image:
-    """``data`` (an image file's bytes; its first frame) as 8-bit RGB, or ImageReadError (one line starting with
-    ``name``): ``runtime.image_io.read_image``'s checks without a file."""
-    limit = IMAGE_PIXEL_LIMIT if pixel_limit is None else pixel_limit
-    try:
-        with warnings.catch_warnings():  # PIL's DecompressionBombWarning: the limit here is IMAGE_PIXEL_LIMIT
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:  # reads the header only
-                check_pixels(name, *img.size, limit)
-                if img.mode == "F":
-                    raise ImageReadError(f"{name}: a 32-bit floating-point image; expected 8- or 16-bit pixels")
-                img.load()  # a full decode: a truncated file fails here
-                check_pixels(name, *img.size, limit)  # a format whose header understated the size (an icon's picture)
-                ImageOps.exif_transpose(img, in_place=True)
-                return to_rgb8(img)
-    except ImageReadError:
-        raise
-    except UnidentifiedImageError:
-        raise ImageReadError(f"{name}: not an image file (expected {READABLE})") from None
-    except Image.DecompressionBombError:
-        raise ImageReadError(f"{name}: the image is over the limit of {limit / 1e6:g} megapixels") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:  # PIL's decoders raise all of these
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ImageReadError(f"{name}: cannot decode the image ({reason})") from None
 
 
 def decode_image(picture: Picture, resize: dict[str, int]) -> Image.Image:
