@@ -88,7 +88,7 @@ def measure(bundles: dict[int, Path], rounds: int, work: Path) -> dict[int, dict
 def markdown(results: dict[int, dict[str, float]], rounds: int, command: str) -> str:
     cpu = cpu_info()
     base = results[min(results)]
-    lines = [f"CPU: {cpu['model']} ({cpu['logical_cpus']} logical CPUs), ISA: {', '.join(cpu['isa'])}. Command: `{command}`. "
+    lines = [DOCS_SECTION, "", f"CPU: {cpu['model']} ({cpu['logical_cpus']} logical CPUs), ISA: {', '.join(cpu['isa'])}. Command: `{command}`. "
              f"Medians of {rounds} interleaved rounds (1000x667: first round only); the 2B shape, random weights.", "",
              "| block_size | prefill 256 tokens | decode @256 | TTFT 448x448 | TTFT 1000x667 |", "|---|---|---|---|---|"]
     for block, r in results.items():

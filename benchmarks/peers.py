@@ -340,7 +340,9 @@ def main(argv: list[str] | None = None) -> int:
         results["disk_bytes"] = rep.disk_sizes(inst.bundle, inst.gguf_dir, inst.ov_dir)
         inst.save(results)
         all_results[inst.name] = results
-    command = llamacpp.home_short("python benchmarks/peers.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+    given = list(argv if argv is not None else sys.argv[1:])
+    given = [Path(a).name if i and given[i - 1] == "--json" else a for i, a in enumerate(given)]  # no machine paths
+    command = llamacpp.home_short("python benchmarks/peers.py " + " ".join(given))
     report = {"command": command.strip(), "shape": args.shape, "started": started.isoformat(), "total_s": time.perf_counter() - t0,
               "rounds": args.rounds, "threads": THREADS, "cpu": cpu_info(), "versions": versions(), "instances": all_results,
               "layers": layer_counts if args.shape == "30b-a3b" else None, "full_layers": rep.FULL_LAYERS}

@@ -113,12 +113,15 @@ def export(checkpoint: Path, out: Path, venv: Path, work: Path) -> dict[str, Any
 # ---------------------------------------------------------------- inside the OpenVINO venv
 
 
-def _pipeline(model: str, threads: int, prefix_cache: bool) -> Any:
+def _pipeline(model: str, threads: int, prefix_cache: bool, precision: str | None = None) -> Any:
     """VLMPipeline on the CPU with ``threads`` inference threads; ``prefix_cache`` False: a SchedulerConfig with
-    enable_prefix_caching off, True: the pipeline's defaults (prefix caching on)."""
+    enable_prefix_caching off, True: the pipeline's defaults (prefix caching on). ``precision``: the CPU plugin's
+    INFERENCE_PRECISION_HINT (None: OpenVINO's default, bf16 on a CPU with AVX512_BF16 or AMX, else f32)."""
     import openvino_genai as ov_genai
 
     props: dict[str, Any] = {"INFERENCE_NUM_THREADS": threads}
+    if precision:
+        props["INFERENCE_PRECISION_HINT"] = precision
     if not prefix_cache:
         sched = ov_genai.SchedulerConfig()
         sched.enable_prefix_caching = False
@@ -162,8 +165,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     ``text``: the text prompt without chat template, exactly ``--new-tokens`` tokens: prefill from get_ttft, decode
     from get_tpot (its mean over the decode steps). Raises when a count differs from the one asked for."""
     start = time.perf_counter()
-    pipe = _pipeline(args.model, args.threads, prefix_cache=args.figure == "ttft_cached")
-    out: dict[str, Any] = {"load_s": time.perf_counter() - start}
+    pipe = _pipeline(args.model, args.threads, prefix_cache=args.figure == "ttft_cached", precision=args.precision)
+    out: dict[str, Any] = {"load_s": time.perf_counter() - start, "inference_precision": args.precision or "default"}
     if args.figure in ("ttft", "ttft_cached"):
         def once() -> tuple[dict[str, Any], float]:
             t0 = time.perf_counter()
@@ -200,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--new-tokens", type=int, default=33)
     m.add_argument("--prompt-tokens", type=int, help="the text prompt's token count, checked")
     m.add_argument("--threads", type=int, default=2)
+    m.add_argument("--precision", choices=("f32", "bf16"), help="INFERENCE_PRECISION_HINT (default: OpenVINO's)")
     args = p.parse_args(argv)
     print(json.dumps(measure(args)))
     return 0

@@ -119,6 +119,8 @@ def kernel_peaks(threads: int, shapes: dict[str, tuple[int, int, int]], repeats:
 def markdown(results: dict[str, Any]) -> str:
     cpu = results["cpu"]
     lines = [
+        DOCS_SECTION,
+        "",
         f"CPU: {cpu['model']} ({cpu['logical_cpus']} logical CPUs), ISA: {', '.join(cpu['isa'])}; onnxruntime "
         f"{results['onnxruntime']}; threads: vision {results['threads']['vision']}, decoder {results['threads']['decoder']}. "
         f"Command: `{results['command']}`. Each table: mean of {results['calls']} profiled calls after a warm-up; "
@@ -160,8 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="profile-ttft-"))
     threads = {"vision": threads_of(args.bundle, "vision", args.threads), "decoder": threads_of(args.bundle, "decoder", args.threads)}
     results: dict[str, Any] = {"cpu": cpu_info(), "onnxruntime": ort.__version__, "threads": threads, "calls": args.calls,
-                               "command": "python benchmarks/profile_ttft.py --bundle BUNDLE " + " ".join(
-                                   a for a in (argv or sys.argv[1:]) if not a.startswith(str(args.bundle))).replace("--bundle", "").strip(),
+                               "command": f"python benchmarks/profile_ttft.py --bundle BUNDLE --calls {args.calls}",
                                "vision": {}, "prefill": {}}
     decoder = json.loads((args.bundle / "genai_config.json").read_text())["model"]["decoder"]
     hidden = int(decoder["num_attention_heads"]) * int(decoder["head_size"])  # hidden_size counts the DeepStack columns
